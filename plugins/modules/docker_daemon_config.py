@@ -1,0 +1,232 @@
+#!/usr/bin/python
+# Copyright: mooring developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: docker_daemon_config
+short_description: Merge settings into the Docker daemon's daemon.json, validated before it replaces the file
+description:
+  - Reads the existing C(daemon.json), deep-merges O(config) into it and writes the result only when the
+    effective configuration (the parsed JSON, not its formatting) changes.
+  - Keys that O(config) does not name are kept as they are, so settings made by other tools or by hand survive.
+  - Objects are merged key by key; any other value (a list, a string, a number) given in O(config) replaces
+    the existing one, so that a list such as C(registry-mirrors) says exactly what the daemon gets.
+  - The merged file is validated before it replaces the old one, with C(dockerd --validate) where the installed
+    dockerd supports it (Docker 23 and later), and as a JSON object always.
+  - An existing file that is not valid JSON makes the module fail, naming the file, and nothing is changed.
+  - It does not restart the daemon; use the module's RV(ignore:changed) to notify a handler.
+version_added: 0.1.0
+author:
+  - mooring developers
+options:
+  path:
+    description: Path of the daemon configuration file.
+    type: path
+    default: /etc/docker/daemon.json
+  config:
+    description:
+      - Settings to merge into the file, with the key names of C(daemon.json), for example
+        C(registry-mirrors) or C(insecure-registries).
+    type: dict
+    required: true
+  validate:
+    description:
+      - Run C(dockerd --validate --config-file) on the merged file before it replaces the existing one,
+        where the installed dockerd supports that flag.
+    type: bool
+    default: true
+  dockerd_path:
+    description:
+      - The dockerd binary used for validation. Looked up on E(PATH) when not given.
+    type: path
+  backup:
+    description: Keep a timestamped copy of the previous file beside it before replacing it.
+    type: bool
+    default: true
+  mode:
+    description: Permissions of the written file.
+    type: raw
+    default: "0644"
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  idempotent:
+    support: full
+notes:
+  - Formatting of the written file is C(json) with two-space indentation and sorted keys.
+"""
+
+EXAMPLES = r"""
+- name: Configure registry mirrors and an insecure registry
+  mooring.ops.docker_daemon_config:
+    config:
+      registry-mirrors:
+        - https://mirror.example.com
+      insecure-registries:
+        - harbor.example.com:5000
+      log-driver: json-file
+      log-opts:
+        max-size: 50m
+  notify: Restart docker
+
+- name: Remove every registry mirror while keeping the rest of the file
+  mooring.ops.docker_daemon_config:
+    config:
+      registry-mirrors: []
+"""
+
+RETURN = r"""
+config:
+  description: The effective configuration after the merge.
+  returned: success
+  type: dict
+  sample: {"insecure-registries": ["harbor.lab"], "registry-mirrors": ["https://mirror.example.com"]}
+backup_file:
+  description: Path of the copy of the previous file, when one was made.
+  returned: changed and a previous file existed and O(backup=true)
+  type: str
+  sample: /etc/docker/daemon.json.12345.2026-11-23@10:11:12~
+validated_with:
+  description: How the merged file was validated before it was written.
+  returned: changed
+  type: str
+  sample: dockerd --validate
+"""
+
+import json
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def _deep_merge(base, overlay):
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _render(config):
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+class DaemonConfig:
+    def __init__(self, module):
+        self.module = module
+        self.path = module.params["path"]
+        self.overlay = module.params["config"]
+
+    def _read_existing(self):
+        if not os.path.exists(self.path):
+            return "", {}
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            self.module.fail_json(msg=f"Cannot read {self.path}: {exc}")
+        if not text.strip():
+            return text, {}
+        try:
+            existing = json.loads(text)
+        except ValueError as exc:
+            self.module.fail_json(
+                msg=f"{self.path} is not valid JSON ({exc}); fix or remove it by hand, nothing was changed"
+            )
+        if not isinstance(existing, dict):
+            self.module.fail_json(
+                msg=f"{self.path} must hold a JSON object, found {type(existing).__name__}; nothing was changed"
+            )
+        return text, existing
+
+    def _dockerd_validate_command(self, candidate):
+        if not self.module.params["validate"]:
+            return None
+        dockerd = self.module.params["dockerd_path"] or self.module.get_bin_path("dockerd")
+        if not dockerd:
+            return None
+        rc, out, err = self.module.run_command([dockerd, "--help"])
+        if rc != 0 or "--validate" not in out + err:
+            return None
+        return [dockerd, "--validate", "--config-file", candidate]
+
+    def _write(self, text):
+        directory = os.path.dirname(self.path) or "."
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o755)
+        fd, candidate = tempfile.mkstemp(prefix=".daemon.json.", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            validated_with = "json"
+            command = self._dockerd_validate_command(candidate)
+            if command:
+                rc, out, err = self.module.run_command(command)
+                if rc != 0:
+                    self.module.fail_json(
+                        msg=f"dockerd refused the merged configuration for {self.path}; nothing was changed: "
+                        f"{(err or out).strip()}",
+                        config=json.loads(text),
+                    )
+                validated_with = "dockerd --validate"
+            backup_file = None
+            if self.module.params["backup"] and os.path.exists(self.path):
+                backup_file = self.module.backup_local(self.path)
+            self.module.atomic_move(candidate, self.path)
+            candidate = None
+        finally:
+            if candidate and os.path.exists(candidate):
+                os.unlink(candidate)
+        self.module.set_mode_if_different(self.path, self.module.params["mode"], False)
+        return validated_with, backup_file
+
+    def run(self):
+        before_text, existing = self._read_existing()
+        merged = _deep_merge(existing, self.overlay)
+        result = {"changed": False, "config": merged}
+        if merged == existing and os.path.exists(self.path):
+            result["changed"] = self.module.set_mode_if_different(self.path, self.module.params["mode"], False)
+            return result
+        after_text = _render(merged)
+        result["changed"] = True
+        if self.module._diff:
+            result["diff"] = {
+                "before": before_text,
+                "after": after_text,
+                "before_header": self.path,
+                "after_header": self.path,
+            }
+        if self.module.check_mode:
+            return result
+        validated_with, backup_file = self._write(after_text)
+        result["validated_with"] = validated_with
+        if backup_file:
+            result["backup_file"] = backup_file
+        return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "path": {"type": "path", "default": "/etc/docker/daemon.json"},
+            "config": {"type": "dict", "required": True},
+            "validate": {"type": "bool", "default": True},
+            "dockerd_path": {"type": "path"},
+            "backup": {"type": "bool", "default": True},
+            "mode": {"type": "raw", "default": "0644"},
+        },
+        supports_check_mode=True,
+    )
+    module.exit_json(**DaemonConfig(module).run())
+
+
+if __name__ == "__main__":
+    main()
