@@ -20,7 +20,7 @@ description:
   - It does not restart the daemon; use the module's RV(ignore:changed) to notify a handler.
 version_added: 0.1.0
 author:
-  - mooring developers
+  - mooring developers (@mooring)
 options:
   path:
     description: Path of the daemon configuration file.
@@ -52,10 +52,13 @@ options:
     default: "0644"
 attributes:
   check_mode:
+    description: Reports what would change, from the file alone, and writes nothing.
     support: full
   diff_mode:
+    description: Shows the file before and after the merge.
     support: full
   idempotent:
+    description: A second run with the same O(config) changes nothing.
     support: full
 notes:
   - Formatting of the written file is C(json) with two-space indentation and sorted keys.

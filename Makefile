@@ -1,0 +1,61 @@
+# mooring's entry points. Every target can be run again; each does only what is missing.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PYTHON ?= python3
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export ANSIBLE_CONFIG := $(abspath ansible.cfg)
+LAB_INVENTORY := inventory/lab
+
+.PHONY: help venv engine images lab lab-down test lint sanity molecule bench
+
+help:
+	@echo "make lab       bring up the embedded lab and run site.yml on it (the main job)"
+	@echo "make test      lint, ansible-test sanity, Molecule scenarios and integration tests"
+	@echo "make lab-down  remove every container, network, volume, image tag and file the lab made"
+	@echo "make lint      ansible-lint (production), yamllint, ruff"
+	@echo "make bench     converge benchmarks (bench/)"
+	@echo "make venv      the pinned toolchain in $(VENV)"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+# This machine's docker engine, by the docker_host role itself, then the lab's base images.
+engine: venv
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab.yml --tags engine
+
+images: venv
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab.yml --tags engine,images
+
+lab: venv
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab.yml
+	ansible-playbook -i $(LAB_INVENTORY) site.yml
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab_summary.yml
+
+lab-down: venv
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab_down.yml
+
+lint: venv
+	yamllint --strict .
+	ansible-lint --offline --profile production
+	ruff check .
+	ruff format --check .
+
+sanity: venv
+	tests/sanity.sh
+
+molecule: images
+	molecule test --all
+
+test: lint sanity molecule
+	pytest tests
+
+bench: venv
+	python bench/converge.py
