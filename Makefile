@@ -58,4 +58,5 @@ test: lint sanity molecule
 	pytest tests
 
 bench: venv
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab.yml
 	python bench/converge.py

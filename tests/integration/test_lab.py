@@ -1,0 +1,112 @@
+"""The embedded lab end to end: `make lab` on this machine, then what it promises, then `make lab-down`.
+
+Runs last in `make test` (file order); it brings the lab up itself and takes it down at the end."""
+
+import json
+import re
+import socket
+import ssl
+import subprocess
+
+import pytest
+
+from conftest import REPO_DIR
+
+NODES = ["node1", "node2", "node3"]
+REGISTRY = "harbor.lab"
+REGISTRY_ADDRESS = "172.30.0.10"
+PROBE_IMAGE = f"{REGISTRY}/library/debian:bookworm"
+
+
+def run(command, timeout=1800):
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO_DIR, timeout=timeout, check=False)
+
+
+def in_node(node, command):
+    return run(["docker", "exec", f"mooring-lab-{node}", "sh", "-c", command], timeout=300)
+
+
+def recap(output):
+    """Per-host counters of the last PLAY RECAP in an ansible-playbook output."""
+    counters = {}
+    for host, fields in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", output, flags=re.MULTILINE):
+        counters[host] = {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", fields)}
+    return counters
+
+
+@pytest.fixture(scope="module")
+def lab():
+    process = run(["make", "lab"])
+    assert process.returncode == 0, process.stdout[-5000:] + process.stderr[-3000:]
+    yield process
+    down = run(["make", "lab-down"])
+    assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
+    leftovers = run(["docker", "ps", "-a", "--filter", "label=org.mooring.lab", "--format", "{{.Names}}"])
+    assert leftovers.stdout.strip() == ""
+    assert run(["docker", "network", "inspect", "mooring-lab"]).returncode != 0
+    assert run(["docker", "volume", "ls", "-q", "--filter", "label=org.mooring.lab"]).stdout.strip() == ""
+    assert not (REPO_DIR / ".lab").exists()
+
+
+def test_make_lab_prints_the_summary(lab):
+    for node in NODES:
+        assert f"{node}      172.30.0.1" in lab.stdout
+    assert f"registry   https://{REGISTRY}" in lab.stdout
+
+
+def test_a_second_site_run_changes_nothing(lab):
+    process = run(["ansible-playbook", "-i", "inventory/lab", "site.yml"])
+    assert process.returncode == 0, process.stdout[-5000:]
+    counters = recap(process.stdout)
+    assert sorted(counters) == NODES
+    assert all(host["changed"] == 0 and host["failed"] == 0 for host in counters.values()), counters
+
+
+def test_a_second_lab_run_changes_nothing(lab):
+    process = run(["ansible-playbook", "-i", "inventory/lab", "playbooks/lab.yml"])
+    assert process.returncode == 0, process.stdout[-5000:]
+    assert recap(process.stdout)["localhost"]["changed"] == 0
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_each_node_runs_its_own_engine_under_systemd(lab, node):
+    assert in_node(node, "systemctl is-active docker").stdout.strip() == "active"
+    info = json.loads(in_node(node, "docker info --format '{{json .}}'").stdout)
+    assert info["Driver"] == "overlay2"
+    assert in_node(node, "iptables -S FORWARD | head -n 1").stdout.strip() == "-P FORWARD ACCEPT"
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_each_node_pulls_from_the_registry_with_its_login(lab, node):
+    in_node(node, f"docker image rm -f {PROBE_IMAGE}")
+    pulled = in_node(node, f"docker pull {PROBE_IMAGE}")
+    assert pulled.returncode == 0, pulled.stderr
+    ran = in_node(node, f"docker run --rm {PROBE_IMAGE} cat /etc/debian_version")
+    assert ran.stdout.strip().startswith("12.")
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_the_registry_refuses_a_pull_without_credentials(lab, node):
+    anonymous = in_node(node, f"DOCKER_CONFIG=$(mktemp -d) docker pull {REGISTRY}/library/debian-python:bookworm")
+    assert anonymous.returncode != 0
+    assert "no basic auth credentials" in anonymous.stderr or "unauthorized" in anonymous.stderr
+
+
+def test_the_registry_serves_tls_signed_by_the_lab_ca_for_its_name(lab):
+    trusted = ssl.create_default_context(cafile=str(REPO_DIR / ".lab" / "ca" / "ca.crt"))
+    with (
+        socket.create_connection((REGISTRY_ADDRESS, 443), timeout=10) as connection,
+        trusted.wrap_socket(connection, server_hostname=REGISTRY) as tls,
+    ):
+        assert tls.version().startswith("TLS")
+    untrusted = ssl.create_default_context()
+    with (
+        socket.create_connection((REGISTRY_ADDRESS, 443), timeout=10) as connection,
+        pytest.raises(ssl.SSLCertVerificationError),
+    ):
+        untrusted.wrap_socket(connection, server_hostname=REGISTRY)
+
+
+def test_the_registry_password_file_is_private(lab):
+    mode = (REPO_DIR / ".lab" / "registry-password").stat().st_mode & 0o777
+    assert mode == 0o600
