@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Converge benchmark for the docker_host role, on throwaway lab hosts (systemd containers).
 
 Measures, in one run and on the same machine:
@@ -61,7 +60,7 @@ def main():
 
     results = {"cold-1": [], "warm-1": [], "cold-3": [], "warm-3": []}
     try:
-        for _ in range(options.rounds):
+        for _round in range(options.rounds):
             for count in (1, 3):
                 hosts = HOSTS[:count]
                 fresh_hosts(hosts)
