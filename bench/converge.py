@@ -54,7 +54,7 @@ def converge(hosts):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=1, help="cold/warm rounds per host count (median is used)")
+    parser.add_argument("--rounds", type=int, default=3, help="cold/warm rounds per host count (median is used)")
     options = parser.parse_args()
     os.environ.setdefault("ANSIBLE_CONFIG", str(REPO_DIR / "ansible.cfg"))
 
