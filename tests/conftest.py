@@ -1,5 +1,48 @@
+"""Shared fixtures: the repository, running a module through Ansible, and the lab (up once a session)."""
+
+import json
 import os
+import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO_DIR = Path(__file__).resolve().parents[1]
+LAB_DIR = REPO_DIR / ".lab"
 os.environ.setdefault("ANSIBLE_CONFIG", str(REPO_DIR / "ansible.cfg"))
+
+
+def run(command, timeout=1800):
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO_DIR, timeout=timeout, check=False)
+
+
+def run_module(module, args, *options):
+    """Run a module on localhost through Ansible, with the JSON stdout callback; return its result."""
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
+    process = subprocess.run(
+        ["ansible", "localhost", "-m", module, "-a", json.dumps(args), *options],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_DIR,
+        timeout=600,
+        check=False,
+    )
+    result = json.loads(process.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    result["_output"] = process.stdout + process.stderr
+    return result
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """`make lab` once for the session; `make lab-down` at its end, checking that nothing is left."""
+    process = run(["make", "lab"])
+    assert process.returncode == 0, process.stdout[-5000:] + process.stderr[-3000:]
+    yield process
+    down = run(["make", "lab-down"])
+    assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
+    leftovers = run(["docker", "ps", "-a", "--filter", "label=org.mooring.lab", "--format", "{{.Names}}"])
+    assert leftovers.stdout.strip() == ""
+    assert run(["docker", "network", "inspect", "mooring-lab"]).returncode != 0
+    assert run(["docker", "volume", "ls", "-q", "--filter", "label=org.mooring.lab"]).stdout.strip() == ""
+    assert not LAB_DIR.exists()

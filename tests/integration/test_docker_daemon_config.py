@@ -1,27 +1,14 @@
 """mooring.ops.docker_daemon_config against real files on this machine, run through Ansible itself."""
 
 import json
-import os
-import subprocess
 
 import pytest
 
-from conftest import REPO_DIR
+from conftest import run_module as run_module_on_localhost
 
 
 def run_module(args, *options):
-    """Run the module on localhost through Ansible, with the JSON stdout callback; return its result."""
-    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
-    process = subprocess.run(
-        ["ansible", "localhost", "-m", "mooring.ops.docker_daemon_config", "-a", json.dumps(args), *options],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_DIR,
-        timeout=120,
-        check=False,
-    )
-    return json.loads(process.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    return run_module_on_localhost("mooring.ops.docker_daemon_config", args, *options)
 
 
 @pytest.fixture

@@ -1,25 +1,19 @@
-"""The embedded lab end to end: `make lab` on this machine, then what it promises, then `make lab-down`.
-
-Runs last in `make test` (file order); it brings the lab up itself and takes it down at the end."""
+"""The embedded lab end to end: `make lab` on this machine (the session fixture `lab`), then what it promises;
+the fixture runs `make lab-down` at the end of the session and checks that nothing is left."""
 
 import json
 import re
 import socket
 import ssl
-import subprocess
 
 import pytest
 
-from conftest import REPO_DIR
+from conftest import REPO_DIR, run
 
 NODES = ["node1", "node2", "node3"]
 REGISTRY = "harbor.lab"
 REGISTRY_ADDRESS = "172.30.0.10"
 PROBE_IMAGE = f"{REGISTRY}/library/debian:bookworm"
-
-
-def run(command, timeout=1800):
-    return subprocess.run(command, capture_output=True, text=True, cwd=REPO_DIR, timeout=timeout, check=False)
 
 
 def in_node(node, command):
@@ -32,20 +26,6 @@ def recap(output):
     for host, fields in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", output, flags=re.MULTILINE):
         counters[host] = {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", fields)}
     return counters
-
-
-@pytest.fixture(scope="module")
-def lab():
-    process = run(["make", "lab"])
-    assert process.returncode == 0, process.stdout[-5000:] + process.stderr[-3000:]
-    yield process
-    down = run(["make", "lab-down"])
-    assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
-    leftovers = run(["docker", "ps", "-a", "--filter", "label=org.mooring.lab", "--format", "{{.Names}}"])
-    assert leftovers.stdout.strip() == ""
-    assert run(["docker", "network", "inspect", "mooring-lab"]).returncode != 0
-    assert run(["docker", "volume", "ls", "-q", "--filter", "label=org.mooring.lab"]).stdout.strip() == ""
-    assert not (REPO_DIR / ".lab").exists()
 
 
 def test_make_lab_prints_the_summary(lab):

@@ -1,0 +1,175 @@
+# Copyright: mooring developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A small client for the registry v2 API as Harbor and the distribution registry serve it.
+
+Authentication follows what the registry asks for in its 401 answer: HTTP basic, or a bearer token from the
+realm named in ``WWW-Authenticate`` (Harbor's ``/service/token``), fetched with the same credentials.
+Every failure is raised as ``RegistryError`` with a message an operator can act on; the password never
+appears in a message.
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+
+try:
+    import requests
+except ImportError:  # the modules report it with missing_required_lib
+    requests = None
+    REQUESTS_IMPORT_ERROR = traceback.format_exc()
+else:
+    REQUESTS_IMPORT_ERROR = None
+
+MANIFEST_MEDIA_TYPES = (
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+)
+INDEX_MEDIA_TYPES = (
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+)
+
+
+class RegistryError(Exception):
+    """A registry request failed; the message says why and what to do."""
+
+
+def _parse_challenge(header):
+    """Split a WWW-Authenticate header into its scheme and parameters."""
+    scheme, rest = header.partition(" ")[::2]
+    params = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+    return scheme.lower(), params
+
+
+class RegistryClient:
+    """Registry v2 API calls against one registry, host[:port], over https."""
+
+    def __init__(self, registry, *, username=None, password=None, ca_cert=None, validate_certs=True, timeout=60):
+        self.registry = registry
+        self.base_url = f"https://{registry}"
+        self.username = username
+        self.password = password
+        self.timeout = timeout
+        self.verify = (ca_cert or True) if validate_certs else False
+        self.ca_cert = ca_cert
+        self._session = requests.Session()
+        self._tokens = {}
+
+    def _send(self, method, url, headers, auth=None, **kwargs):
+        try:
+            return self._session.request(
+                method, url, headers=headers, auth=auth, verify=self.verify, timeout=self.timeout, **kwargs
+            )
+        except requests.exceptions.SSLError as exc:
+            hint = "" if self.ca_cert else "; give the registry's CA with ca_cert (or validate_certs=false)"
+            raise RegistryError(f"the TLS certificate of {self.registry} is not trusted{hint}: {exc}") from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise RegistryError(f"cannot reach the registry {self.registry}: {exc}") from exc
+        except requests.exceptions.Timeout as exc:
+            raise RegistryError(f"the registry {self.registry} did not answer within {self.timeout}s") from exc
+
+    def _token(self, params, scope):
+        key = (params.get("realm"), params.get("service"), scope)
+        if key not in self._tokens:
+            query = {"service": params.get("service", "")}
+            if scope:
+                query["scope"] = scope
+            auth = (self.username, self.password) if self.username else None
+            answer = self._send("GET", params["realm"], {}, auth=auth, params=query)
+            if answer.status_code in (401, 403):
+                raise self._credentials_error()
+            if answer.status_code != 200:
+                raise RegistryError(f"the token service of {self.registry} answered {answer.status_code}")
+            body = answer.json()
+            self._tokens[key] = body.get("token") or body.get("access_token")
+        return self._tokens[key]
+
+    def _credentials_error(self):
+        if not self.username:
+            return RegistryError(f"the registry {self.registry} wants credentials; give username and password")
+        return RegistryError(f"the registry {self.registry} rejected the credentials of user {self.username}")
+
+    def request(self, method, path, scope=None, headers=None):
+        """Send a request, answering the registry's auth challenge once; return the response."""
+        url = self.base_url + path
+        headers = dict(headers or {})
+        answer = self._send(method, url, headers)
+        if answer.status_code != 401:
+            return answer
+        scheme, params = _parse_challenge(answer.headers.get("WWW-Authenticate", ""))
+        if scheme == "bearer" and "realm" in params:
+            headers["Authorization"] = f"Bearer {self._token(params, params.get('scope', scope))}"
+            answer = self._send(method, url, headers)
+        elif self.username:
+            answer = self._send(method, url, headers, auth=(self.username, self.password))
+        if answer.status_code == 401:
+            raise self._credentials_error()
+        return answer
+
+    def _repository_error(self, answer, repository):
+        project = repository.split("/", 1)[0]
+        if answer.status_code == 403:
+            return RegistryError(
+                f"the registry {self.registry} denied access to {repository}: does project {project} exist, "
+                f"and may user {self.username} use it? See mooring.ops.harbor_project"
+            )
+        return RegistryError(f"the registry {self.registry} answered {answer.status_code} for {repository}")
+
+    def manifest_digest(self, repository, reference):
+        """The digest of a manifest (HEAD), or None when the registry does not hold it."""
+        answer = self.request(
+            "HEAD",
+            f"/v2/{repository}/manifests/{reference}",
+            scope=f"repository:{repository}:pull",
+            headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
+        )
+        if answer.status_code == 404:
+            return None
+        if answer.status_code != 200:
+            raise self._repository_error(answer, repository)
+        return answer.headers.get("Docker-Content-Digest")
+
+    def manifest(self, repository, reference):
+        """The manifest (GET) as a dict, or None when the registry does not hold it."""
+        answer = self.request(
+            "GET",
+            f"/v2/{repository}/manifests/{reference}",
+            scope=f"repository:{repository}:pull",
+            headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
+        )
+        if answer.status_code == 404:
+            return None
+        if answer.status_code != 200:
+            raise self._repository_error(answer, repository)
+        return answer.json()
+
+    def image_config_digest(self, repository, reference, platform=("linux", "amd64")):
+        """The config digest (the image ID) behind a tag, picking the platform from an index."""
+        manifest = self.manifest(repository, reference)
+        if manifest is None:
+            return None
+        if manifest.get("mediaType") in INDEX_MEDIA_TYPES or "manifests" in manifest:
+            wanted = [
+                entry["digest"]
+                for entry in manifest.get("manifests", [])
+                if (entry.get("platform", {}).get("os"), entry.get("platform", {}).get("architecture")) == platform
+            ]
+            if not wanted:
+                return None
+            manifest = self.manifest(repository, wanted[0])
+        return (manifest or {}).get("config", {}).get("digest")
+
+    def delete_manifest(self, repository, digest):
+        """Delete a manifest by digest (this removes every tag that points at it)."""
+        answer = self.request("DELETE", f"/v2/{repository}/manifests/{digest}", scope=f"repository:{repository}:delete")
+        if answer.status_code in (200, 202, 404):
+            return answer.status_code != 404
+        if answer.status_code == 405:
+            raise RegistryError(
+                f"the registry {self.registry} does not allow deleting manifests "
+                "(distribution: storage.delete.enabled; Harbor: a project admin or robot with delete rights)"
+            )
+        raise self._repository_error(answer, repository)

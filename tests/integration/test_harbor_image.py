@@ -1,0 +1,119 @@
+"""mooring.ops.harbor_image against the lab's registry harbor.lab: the distribution registry (the registry v2
+protocol Harbor serves for push and pull) with TLS by the lab CA and htpasswd auth. Harbor's own project API is
+not involved: a 403/404 from a missing Harbor project cannot be produced by this registry."""
+
+import uuid
+
+import pytest
+import requests
+
+from conftest import LAB_DIR, run, run_module
+
+REGISTRY = "harbor.lab"
+PROJECT = "mooring-test"
+SOURCE = "mooring/debian:bookworm"
+OTHER_SOURCE = "mooring/debian-python:bookworm"
+
+
+def password():
+    return (LAB_DIR / "registry-password").read_text().strip()
+
+
+def push(*options, **args):
+    params = {
+        "registry": REGISTRY,
+        "project": PROJECT,
+        "username": "mooring",
+        "password": password(),
+        "ca_cert": str(LAB_DIR / "ca" / "ca.crt"),
+    }
+    params.update(args)
+    return run_module("mooring.ops.harbor_image", params, *options)
+
+
+def registry_digest(repository, tag):
+    """What the registry itself says the tag holds, asked directly (not through the module)."""
+    answer = requests.head(
+        f"https://{REGISTRY}/v2/{PROJECT}/{repository}/manifests/{tag}",
+        auth=("mooring", password()),
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        verify=str(LAB_DIR / "ca" / "ca.crt"),
+        timeout=30,
+    )
+    return answer.headers.get("Docker-Content-Digest") if answer.status_code == 200 else None
+
+
+@pytest.fixture
+def repository(lab):
+    return f"it-{uuid.uuid4().hex[:10]}"
+
+
+def test_first_push_changes_and_returns_the_digest_second_push_changes_nothing(repository):
+    first = push(source=SOURCE, repository=repository)
+    assert first["changed"] is True, first["_output"]
+    assert first["image"] == f"{REGISTRY}/{PROJECT}/{repository}:bookworm"
+    assert first["digest"].startswith("sha256:")
+    assert registry_digest(repository, "bookworm") == first["digest"]
+    second = push(source=SOURCE, repository=repository)
+    assert second["changed"] is False
+    assert second["digest"] == first["digest"]
+
+
+def test_check_mode_on_a_missing_tag_reports_a_change_and_pushes_nothing(repository):
+    result = push("--check", source=SOURCE, repository=repository)
+    assert result["changed"] is True
+    assert registry_digest(repository, "bookworm") is None
+
+
+def test_another_image_under_the_same_tag_is_pushed(repository):
+    first = push(source=SOURCE, repository=repository, tag="v1")
+    second = push(source=OTHER_SOURCE, repository=repository, tag="v1")
+    assert second["changed"] is True
+    assert second["diff"] == {"before": {"digest": first["digest"]}, "after": {"digest": second["digest"]}}
+    assert registry_digest(repository, "v1") == second["digest"] != first["digest"]
+
+
+def test_a_lab_node_pulls_the_pushed_image(repository):
+    pushed = push(source=SOURCE, repository=repository)
+    pulled = run(["docker", "exec", "mooring-lab-node1", "docker", "pull", pushed["image"]], timeout=300)
+    assert pulled.returncode == 0, pulled.stderr
+    assert pushed["digest"] in pulled.stdout
+
+
+def test_absent_deletes_the_tag_and_a_second_absent_changes_nothing(repository):
+    push(source=SOURCE, repository=repository)
+    check = push("--check", repository=repository, tag="bookworm", state="absent")
+    assert check["changed"] is True
+    assert registry_digest(repository, "bookworm") is not None
+    removed = push(repository=repository, tag="bookworm", state="absent")
+    assert removed["changed"] is True
+    assert registry_digest(repository, "bookworm") is None
+    again = push(repository=repository, tag="bookworm", state="absent")
+    assert again["changed"] is False
+
+
+def test_a_missing_local_image_is_named(repository):
+    result = push(source="mooring/not-built:1.0", repository=repository)
+    assert result["failed"] is True
+    assert "the image mooring/not-built:1.0 is not present locally" in result["msg"]
+
+
+def test_an_unreachable_registry_is_named_with_its_port(repository):
+    result = push(source=SOURCE, repository=repository, registry=f"{REGISTRY}:5999")
+    assert result["failed"] is True
+    assert f"cannot reach the registry {REGISTRY}:5999" in result["msg"]
+
+
+def test_an_untrusted_certificate_names_the_ca_cert_option(repository):
+    result = push(source=SOURCE, repository=repository, ca_cert=None)
+    assert result["failed"] is True
+    assert f"the TLS certificate of {REGISTRY} is not trusted" in result["msg"]
+    assert "ca_cert" in result["msg"]
+
+
+def test_bad_credentials_name_the_user_and_never_the_password(repository):
+    wrong = f"wrong-{uuid.uuid4().hex}"
+    result = push(source=SOURCE, repository=repository, password=wrong)
+    assert result["failed"] is True
+    assert "rejected the credentials of user mooring" in result["msg"]
+    assert wrong not in result["_output"]
