@@ -1,11 +1,12 @@
 # Copyright: mooring developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A small client for the registry v2 API as Harbor and the distribution registry serve it.
+"""Small clients for the registry v2 API (as Harbor and the distribution registry serve it) and for Harbor's
+REST API v2.0.
 
-Authentication follows what the registry asks for in its 401 answer: HTTP basic, or a bearer token from the
-realm named in ``WWW-Authenticate`` (Harbor's ``/service/token``), fetched with the same credentials.
-Every failure is raised as ``RegistryError`` with a message an operator can act on; the password never
-appears in a message.
+Registry authentication follows what the registry asks for in its 401 answer: HTTP basic, or a bearer token
+from the realm named in ``WWW-Authenticate`` (Harbor's ``/service/token``), fetched with the same credentials.
+Harbor's REST API takes HTTP basic. Every failure is raised as ``RegistryError`` with a message an operator can
+act on; the password never appears in a message.
 """
 
 from __future__ import annotations
@@ -44,19 +45,18 @@ def _parse_challenge(header):
     return scheme.lower(), params
 
 
-class RegistryClient:
-    """Registry v2 API calls against one registry, host[:port], over https."""
+class _HttpClient:
+    """Sends requests and turns transport failures into RegistryError messages that name the server."""
 
-    def __init__(self, registry, *, username=None, password=None, ca_cert=None, validate_certs=True, timeout=60):
-        self.registry = registry
-        self.base_url = f"https://{registry}"
+    def __init__(self, base_url, name, *, username=None, password=None, ca_cert=None, validate_certs=True, timeout=60):
+        self.base_url = base_url.rstrip("/")
+        self.registry = name
         self.username = username
         self.password = password
         self.timeout = timeout
         self.verify = (ca_cert or True) if validate_certs else False
         self.ca_cert = ca_cert
         self._session = requests.Session()
-        self._tokens = {}
 
     def _send(self, method, url, headers, auth=None, **kwargs):
         try:
@@ -70,6 +70,19 @@ class RegistryClient:
             raise RegistryError(f"cannot reach the registry {self.registry}: {exc}") from exc
         except requests.exceptions.Timeout as exc:
             raise RegistryError(f"the registry {self.registry} did not answer within {self.timeout}s") from exc
+
+    def _credentials_error(self):
+        if not self.username:
+            return RegistryError(f"the registry {self.registry} wants credentials; give username and password")
+        return RegistryError(f"the registry {self.registry} rejected the credentials of user {self.username}")
+
+
+class RegistryClient(_HttpClient):
+    """Registry v2 API calls against one registry, host[:port], over https."""
+
+    def __init__(self, registry, **options):
+        super().__init__(f"https://{registry}", registry, **options)
+        self._tokens = {}
 
     def _token(self, params, scope):
         key = (params.get("realm"), params.get("service"), scope)
@@ -86,11 +99,6 @@ class RegistryClient:
             body = answer.json()
             self._tokens[key] = body.get("token") or body.get("access_token")
         return self._tokens[key]
-
-    def _credentials_error(self):
-        if not self.username:
-            return RegistryError(f"the registry {self.registry} wants credentials; give username and password")
-        return RegistryError(f"the registry {self.registry} rejected the credentials of user {self.username}")
 
     def request(self, method, path, scope=None, headers=None):
         """Send a request, answering the registry's auth challenge once; return the response."""
@@ -173,3 +181,40 @@ class RegistryClient:
                 "(distribution: storage.delete.enabled; Harbor: a project admin or robot with delete rights)"
             )
         raise self._repository_error(answer, repository)
+
+
+class HarborApiClient(_HttpClient):
+    """Harbor's REST API v2.0 (``<harbor_url>/api/v2.0``), with HTTP basic auth."""
+
+    def __init__(self, harbor_url, **options):
+        name = re.sub(r"^https?://", "", harbor_url).rstrip("/")
+        super().__init__(harbor_url, name, **options)
+
+    def call(self, method, path, expected, body=None, params=None, by_name=False):
+        """Call the API; return (status, parsed JSON or None). Fails on a status not in ``expected``."""
+        headers = {"Accept": "application/json"}
+        if by_name:
+            headers["X-Is-Resource-Name"] = "true"
+        auth = (self.username, self.password) if self.username else None
+        answer = self._send(method, f"{self.base_url}/api/v2.0{path}", headers, auth=auth, json=body, params=params)
+        if answer.status_code == 401:
+            raise self._credentials_error()
+        if answer.status_code == 403:
+            raise RegistryError(f"Harbor at {self.registry} does not allow user {self.username} to {method} {path}")
+        if answer.status_code not in expected:
+            raise RegistryError(
+                f"Harbor at {self.registry} answered {answer.status_code} to {method} {path}: {_error_text(answer)}"
+            )
+        try:
+            return answer.status_code, answer.json() if answer.content else None
+        except ValueError:
+            return answer.status_code, None
+
+
+def _error_text(answer):
+    """Harbor's error messages ({"errors": [{"code", "message"}]}), or the raw body."""
+    try:
+        errors = answer.json().get("errors", [])
+        return "; ".join(f"{error.get('code')}: {error.get('message')}" for error in errors) or answer.text
+    except ValueError:
+        return answer.text[:300]
