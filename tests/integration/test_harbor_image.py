@@ -45,7 +45,12 @@ def registry_digest(repository, tag):
 
 @pytest.fixture
 def repository(lab):
-    return f"it-{uuid.uuid4().hex[:10]}"
+    """A fresh repository name; the local tags that the module made for it are removed afterwards."""
+    name = f"it-{uuid.uuid4().hex[:10]}"
+    yield name
+    tags = run(["docker", "images", f"{REGISTRY}/{PROJECT}/{name}", "--format", "{{.Repository}}:{{.Tag}}"])
+    for tag in tags.stdout.split():
+        run(["docker", "image", "rm", tag])
 
 
 def test_first_push_changes_and_returns_the_digest_second_push_changes_nothing(repository):

@@ -1,0 +1,107 @@
+"""The image_factory images built by `make lab` (the session fixture): each starts, passes its own
+HEALTHCHECK, runs as its non-root user and does its job; and harbor.lab holds each one for the lab hosts."""
+
+import json
+import time
+import uuid
+
+import pytest
+import requests
+
+from conftest import run
+
+HEALTH_TIMEOUT = 180
+IMAGES = {
+    "nginx": {"user": "www-data", "env": {}},
+    "tomcat": {"user": "tomcat", "env": {}},
+    "mariadb": {
+        "user": "mysql",
+        "env": {
+            "MARIADB_ROOT_PASSWORD": "root-" + uuid.uuid4().hex,
+            "MARIADB_DATABASE": "app",
+            "MARIADB_USER": "app",
+            "MARIADB_PASSWORD": "app-" + uuid.uuid4().hex,
+        },
+    },
+    "redis": {"user": "redis", "env": {}},
+    "rabbitmq": {"user": "rabbitmq", "env": {"RABBITMQ_DEFAULT_USER": "ops", "RABBITMQ_DEFAULT_PASS": "ops-secret"}},
+}
+
+
+def image_tag(name):
+    tags = run(["docker", "images", f"mooring/{name}", "--format", "{{.Tag}}"]).stdout.split()
+    assert tags, f"mooring/{name} was not built"
+    return tags[0]
+
+
+def inspect(container):
+    return json.loads(run(["docker", "inspect", container]).stdout)[0]
+
+
+def in_container(container, *command, env=None):
+    env_args = [arg for key, value in (env or {}).items() for arg in ("-e", f"{key}={value}")]
+    return run(["docker", "exec", *env_args, container, *command], timeout=120)
+
+
+@pytest.fixture(scope="module", params=sorted(IMAGES))
+def service(request, lab):
+    name = request.param
+    container = f"mooring-test-{name}-{uuid.uuid4().hex[:6]}"
+    env_args = [arg for key, value in IMAGES[name]["env"].items() for arg in ("-e", f"{key}={value}")]
+    started = run(["docker", "run", "-d", "--name", container, *env_args, f"mooring/{name}:{image_tag(name)}"])
+    assert started.returncode == 0, started.stderr
+    try:
+        deadline = time.monotonic() + HEALTH_TIMEOUT
+        while (health := inspect(container)["State"].get("Health", {}).get("Status")) != "healthy":
+            assert health in ("starting", None), run(["docker", "logs", "--tail", "40", container]).stderr
+            assert time.monotonic() < deadline, f"{name} not healthy after {HEALTH_TIMEOUT}s"
+            time.sleep(2)
+        yield name, container
+    finally:
+        run(["docker", "rm", "-f", "-v", container])
+
+
+def test_each_image_passes_its_healthcheck_as_its_own_user(service):
+    name, container = service
+    assert inspect(container)["State"]["Health"]["Status"] == "healthy"
+    assert in_container(container, "id", "-un").stdout.strip() == IMAGES[name]["user"]
+
+
+def test_each_image_does_its_job(service):
+    name, container = service
+    if name == "nginx":
+        assert "mooring nginx" in in_container(container, "curl", "-fsS", "http://127.0.0.1/").stdout
+    elif name == "tomcat":
+        assert in_container(container, "curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/").returncode == 0
+    elif name == "mariadb":
+        env = IMAGES["mariadb"]["env"]
+        query = in_container(
+            container,
+            "mariadb",
+            "-h",
+            "127.0.0.1",
+            "-u",
+            "app",
+            "app",
+            "-N",
+            "-e",
+            "SELECT DATABASE()",
+            env={"MYSQL_PWD": env["MARIADB_PASSWORD"]},
+        )
+        assert query.stdout.strip() == "app", query.stderr
+        processes = in_container(container, "sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '").stdout
+        assert env["MARIADB_ROOT_PASSWORD"] not in processes
+    elif name == "redis":
+        assert in_container(container, "redis-cli", "ping").stdout.strip() == "PONG"
+    elif name == "rabbitmq":
+        address = inspect(container)["NetworkSettings"]["IPAddress"]
+        overview = requests.get(f"http://{address}:15672/api/overview", auth=("ops", "ops-secret"), timeout=30)
+        assert overview.status_code == 200
+        assert overview.json()["rabbitmq_version"].startswith("3.")
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_the_registry_holds_each_image_for_the_lab_hosts(lab, name):
+    reference = f"harbor.lab/mooring/{name}:{image_tag(name)}"
+    pulled = run(["docker", "exec", "mooring-lab-node2", "docker", "pull", "-q", reference], timeout=600)
+    assert pulled.returncode == 0, pulled.stderr
