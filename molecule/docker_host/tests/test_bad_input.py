@@ -38,6 +38,21 @@ def test_broken_daemon_json_is_refused_and_left_untouched(host, snapshot):
         host.run_expect([0], f"echo {encoded} | base64 -d > /etc/docker/daemon.json")
 
 
+def test_a_daemon_option_dockerd_refuses_is_rolled_back_and_docker_keeps_running(host):
+    daemon_json = "/etc/docker/daemon.json"
+    before = host.file(daemon_json).content_string
+    try:
+        process = run_converge(*extra_vars(docker_host_daemon_options={"no-such-option": True}))
+        assert process.returncode != 0
+        assert f"docker did not start with the new {daemon_json}" in _output(process)
+        assert host.file(daemon_json).content_string == before
+        assert host.service("docker").is_running
+        assert host.run("docker info").rc == 0
+        assert "no-such-option" in host.file(f"{daemon_json}.refused").content_string
+    finally:
+        host.run(f"rm -f {daemon_json}.refused")
+
+
 def test_non_list_registry_mirrors_fail_argument_validation(host, snapshot):
     before = snapshot()
     process = run_converge(
