@@ -126,10 +126,10 @@ class RegistryClient(_HttpClient):
             )
         return RegistryError(f"the registry {self.registry} answered {answer.status_code} for {repository}")
 
-    def manifest_digest(self, repository, reference):
-        """The digest of a manifest (HEAD), or None when the registry does not hold it."""
+    def _manifest_request(self, method, repository, reference):
+        """A manifest request (HEAD or GET); None when the registry does not hold the manifest."""
         answer = self.request(
-            "HEAD",
+            method,
             f"/v2/{repository}/manifests/{reference}",
             scope=f"repository:{repository}:pull",
             headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
@@ -138,21 +138,17 @@ class RegistryClient(_HttpClient):
             return None
         if answer.status_code != 200:
             raise self._repository_error(answer, repository)
-        return answer.headers.get("Docker-Content-Digest")
+        return answer
+
+    def manifest_digest(self, repository, reference):
+        """The digest of a manifest (HEAD), or None when the registry does not hold it."""
+        answer = self._manifest_request("HEAD", repository, reference)
+        return answer.headers.get("Docker-Content-Digest") if answer is not None else None
 
     def manifest(self, repository, reference):
         """The manifest (GET) as a dict, or None when the registry does not hold it."""
-        answer = self.request(
-            "GET",
-            f"/v2/{repository}/manifests/{reference}",
-            scope=f"repository:{repository}:pull",
-            headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
-        )
-        if answer.status_code == 404:
-            return None
-        if answer.status_code != 200:
-            raise self._repository_error(answer, repository)
-        return answer.json()
+        answer = self._manifest_request("GET", repository, reference)
+        return answer.json() if answer is not None else None
 
     def image_config_digest(self, repository, reference, platform=("linux", "amd64")):
         """The config digest (the image ID) behind a tag, picking the platform from an index."""
