@@ -5,8 +5,8 @@ endpoints that mooring.ops.harbor_project calls with the status codes and JSON s
 description (api/v2.0/swagger.yaml): HEAD /projects?project_name= (200/404), POST /projects (201 with Location,
 409 when the name exists, 400 for a bad name or a non-string metadata value), GET/PUT/DELETE
 /projects/{name_or_id} with X-Is-Resource-Name (200/404, 412 when the project still holds repositories),
-GET /quotas?reference=project&reference_id=, PUT /quotas/{id}; HTTP basic auth (401), and 403 for a user
-without the admin role. It is a stand-in, not Harbor: tests that use it say so.
+GET /quotas?reference=project&reference_id=, PUT /quotas/{id}, GET /health (no auth, as in Harbor); HTTP basic
+auth (401), and 403 for a user without the admin role. It is a stand-in, not Harbor: tests that use it say so.
 """
 
 import base64
@@ -82,6 +82,10 @@ class HarborStandIn:
             def _dispatch(self):
                 url = urlparse(self.path)
                 standin.requests.append((self.command, url.path))
+                if url.path == "/api/v2.0/health":
+                    components = [{"name": name, "status": "healthy"} for name in ("core", "database", "registry")]
+                    self._reply(200, {"status": "healthy", "components": components})
+                    return
                 user = self._user()
                 if user is None:
                     self.send_response(401)
