@@ -35,10 +35,14 @@ def run_module(module, args, *options):
 
 @pytest.fixture(scope="session")
 def lab():
-    """`make lab` once for the session; `make lab-down` at its end, checking that nothing is left."""
+    """`make lab` once for the session; `make lab-down` at its end, checking that nothing is left.
+
+    MOORING_KEEP_LAB=1 keeps the lab up afterwards (for working on one test); CI never sets it."""
     process = run(["make", "lab"])
     assert process.returncode == 0, process.stdout[-5000:] + process.stderr[-3000:]
     yield process
+    if os.environ.get("MOORING_KEEP_LAB") == "1":
+        return
     down = run(["make", "lab-down"])
     assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
     leftovers = run(["docker", "ps", "-a", "--filter", "label=org.mooring.lab", "--format", "{{.Names}}"])

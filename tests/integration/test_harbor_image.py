@@ -1,6 +1,7 @@
 """mooring.ops.harbor_image against the lab's registry harbor.lab: the distribution registry (the registry v2
 protocol Harbor serves for push and pull) with TLS by the lab CA and htpasswd auth. Harbor's own project API is
-not involved: a 403/404 from a missing Harbor project cannot be produced by this registry."""
+not involved: a 403/404 from a missing Harbor project cannot be produced by this registry. The bearer-token
+path is in test_harbor_image_token.py."""
 
 import uuid
 
