@@ -83,9 +83,11 @@ class RegistryClient(_HttpClient):
     def __init__(self, registry, **options):
         super().__init__(f"https://{registry}", registry, **options)
         self._tokens = {}
+        self._scheme = None
+        self._bearer = None
 
     def _token(self, params, scope):
-        key = (params.get("realm"), params.get("service"), scope)
+        key = ((params.get("realm"), params.get("service")), scope)
         if key not in self._tokens:
             query = {"service": params.get("service", "")}
             if scope:
@@ -101,17 +103,27 @@ class RegistryClient(_HttpClient):
         return self._tokens[key]
 
     def request(self, method, path, scope=None, headers=None):
-        """Send a request, answering the registry's auth challenge once; return the response."""
+        """Send a request, answering the registry's auth challenge once; return the response.
+
+        Once the registry has said how it authenticates, later requests carry the credentials (or a cached
+        token for the same scope) from the start, which saves a round trip each."""
         url = self.base_url + path
         headers = dict(headers or {})
-        answer = self._send(method, url, headers)
+        auth = None
+        if self._scheme == "basic" and self.username:
+            auth = (self.username, self.password)
+        elif self._scheme == "bearer" and (self._bearer, scope) in self._tokens:
+            headers["Authorization"] = f"Bearer {self._tokens[(self._bearer, scope)]}"
+        answer = self._send(method, url, headers, auth=auth)
         if answer.status_code != 401:
             return answer
         scheme, params = _parse_challenge(answer.headers.get("WWW-Authenticate", ""))
         if scheme == "bearer" and "realm" in params:
+            self._scheme, self._bearer = "bearer", (params["realm"], params.get("service"))
             headers["Authorization"] = f"Bearer {self._token(params, params.get('scope', scope))}"
             answer = self._send(method, url, headers)
-        elif self.username:
+        elif self.username and auth is None:
+            self._scheme = "basic"
             answer = self._send(method, url, headers, auth=(self.username, self.password))
         if answer.status_code == 401:
             raise self._credentials_error()
@@ -150,21 +162,22 @@ class RegistryClient(_HttpClient):
         answer = self._manifest_request("GET", repository, reference)
         return answer.json() if answer is not None else None
 
-    def image_config_digest(self, repository, reference, platform=("linux", "amd64")):
-        """The config digest (the image ID) behind a tag, picking the platform from an index."""
-        manifest = self.manifest(repository, reference)
-        if manifest is None:
-            return None
+    def tag_digests(self, repository, reference, platform=("linux", "amd64")):
+        """(manifest digest, config digest) of a tag from one GET, or (None, None) when the registry does not hold
+        it. The config digest is the image ID; for an index it is the one of the platform's manifest."""
+        answer = self._manifest_request("GET", repository, reference)
+        if answer is None:
+            return None, None
+        digest = answer.headers.get("Docker-Content-Digest")
+        manifest = answer.json()
         if manifest.get("mediaType") in INDEX_MEDIA_TYPES or "manifests" in manifest:
             wanted = [
                 entry["digest"]
                 for entry in manifest.get("manifests", [])
                 if (entry.get("platform", {}).get("os"), entry.get("platform", {}).get("architecture")) == platform
             ]
-            if not wanted:
-                return None
-            manifest = self.manifest(repository, wanted[0])
-        return (manifest or {}).get("config", {}).get("digest")
+            manifest = self.manifest(repository, wanted[0]) if wanted else None
+        return digest, (manifest or {}).get("config", {}).get("digest")
 
     def delete_manifest(self, repository, digest):
         """Delete a manifest by digest (this removes every tag that points at it)."""

@@ -229,8 +229,8 @@ class HarborImage:
             self.module.fail_json(msg=f"the image {self.source} is not present locally; build or pull it first")
         except DockerException as exc:
             self.module.fail_json(msg=f"cannot inspect the image {self.source}: {exc}")
-        before = self.client.manifest_digest(self.repository_path, self.tag)
-        if before and self.client.image_config_digest(self.repository_path, self.tag) == local.id:
+        before, config_digest = self.client.tag_digests(self.repository_path, self.tag)
+        if before and config_digest == local.id:
             return self._result(False, before, before)
         if self.module.check_mode:
             return self._result(True, before, None)
