@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 LAB_INVENTORY := inventory/lab
 
-.PHONY: help venv engine images lab lab-down test lint sanity molecule bench
+.PHONY: help venv engine images registry lab lab-down test lint sanity molecule bench
 
 help:
 	@echo "make lab       bring up the embedded lab and run site.yml on it (the main job)"
@@ -34,6 +34,9 @@ engine: venv
 images: venv
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab.yml --tags engine,images
 
+registry: venv
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab.yml --tags engine,images,registry
+
 lab: venv
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab.yml
 	ansible-playbook -i $(LAB_INVENTORY) site.yml
@@ -51,7 +54,7 @@ lint: venv
 sanity: venv
 	tests/sanity.sh
 
-molecule: images
+molecule: registry
 	molecule test --all
 
 test: lint sanity molecule
