@@ -5,14 +5,19 @@ endpoints that mooring.ops.harbor_project calls with the status codes and JSON s
 description (api/v2.0/swagger.yaml): HEAD /projects?project_name= (200/404), POST /projects (201 with Location,
 409 when the name exists, 400 for a bad name or a non-string metadata value), GET/PUT/DELETE
 /projects/{name_or_id} with X-Is-Resource-Name (200/404, 412 when the project still holds repositories),
-GET /quotas?reference=project&reference_id=, PUT /quotas/{id}, GET /health (no auth, as in Harbor); HTTP basic
-auth (401), and 403 for a user without the admin role. It is a stand-in, not Harbor: tests that use it say so.
+GET /quotas?reference=project&reference_id=, PUT /quotas/{id}, GET /health (no auth, as in Harbor); robot
+accounts: POST /robots (201 with the secret, shown only then; 409 for a taken name; 400 for a bad name or a
+project-level robot whose permission is not its one existing project), GET /robots (paged), GET/PUT/DELETE
+/robots/{id} (PUT cannot change name or level: 400), PATCH /robots/{id} (a new secret); names shown as
+robot$<name> (system) and robot$<project>+<name> (project). HTTP basic auth (401), and 403 for a user without
+the admin role. It is a stand-in, not Harbor: tests that use it say so.
 """
 
 import base64
 import itertools
 import json
 import re
+import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -26,6 +31,7 @@ class HarborStandIn:
         self.users = users
         self.projects = {}
         self.quotas = {}
+        self.robots = {}
         self.requests = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -93,7 +99,7 @@ class HarborStandIn:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                if self.command in ("POST", "PUT", "DELETE") and not user[1]:
+                if self.command in ("POST", "PUT", "PATCH", "DELETE") and not user[1]:
                     self._error(403, "FORBIDDEN", f"{user[0]} has no permission")
                     return
                 by_name = self.headers.get("X-Is-Resource-Name", "false").lower() == "true"
@@ -102,6 +108,10 @@ class HarborStandIn:
                     self._projects(query)
                 elif match := re.fullmatch(r"/api/v2.0/projects/([^/]+)", url.path):
                     self._project(match.group(1), by_name)
+                elif url.path == "/api/v2.0/robots":
+                    self._robots(query)
+                elif match := re.fullmatch(r"/api/v2.0/robots/(\d+)", url.path):
+                    self._robot(int(match.group(1)))
                 elif url.path == "/api/v2.0/quotas" and self.command == "GET":
                     wanted = query.get("reference_id", [""])[0]
                     self._reply(200, [q for q in standin.quotas.values() if str(q["ref"]["id"]) == wanted])
@@ -168,6 +178,75 @@ class HarborStandIn:
                     del standin.projects[project["name"]]
                     self._reply(200)
 
-            do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _dispatch
+            @staticmethod
+            def _shown(robot):
+                return {key: value for key, value in robot.items() if key != "secret"}
+
+            def _robots(self, query):
+                if self.command == "GET":
+                    page = int(query.get("page", ["1"])[0])
+                    size = int(query.get("page_size", ["10"])[0])
+                    robots = sorted(standin.robots.values(), key=lambda robot: robot["id"])
+                    window = robots[(page - 1) * size : page * size]
+                    self._reply(200, [self._shown(r) for r in window], headers={"X-Total-Count": str(len(robots))})
+                    return
+                body = self._body()
+                name, level = body.get("name", ""), body.get("level")
+                permissions = body.get("permissions") or []
+                if not PROJECT_NAME.match(name) or level not in ("system", "project"):
+                    self._error(400, "BAD_REQUEST", f"invalid robot name {name!r} or level {level!r}")
+                    return
+                if level == "project":
+                    namespaces = {entry.get("namespace") for entry in permissions}
+                    if len(namespaces) != 1 or next(iter(namespaces)) not in standin.projects:
+                        self._error(400, "BAD_REQUEST", "a project robot needs the permissions of one existing project")
+                        return
+                    name = f"{next(iter(namespaces))}+{name}"
+                full_name = f"robot${name}"
+                if any(robot["name"] == full_name for robot in standin.robots.values()):
+                    self._error(409, "CONFLICT", f"robot {full_name} already exists")
+                    return
+                robot_id = next(standin._ids)
+                standin.robots[robot_id] = {
+                    "id": robot_id,
+                    "name": full_name,
+                    "level": level,
+                    "description": body.get("description", ""),
+                    "duration": body.get("duration", -1),
+                    "disable": bool(body.get("disable", False)),
+                    "expires_at": -1,
+                    "permissions": permissions,
+                    "secret": secrets.token_urlsafe(24),
+                }
+                robot = standin.robots[robot_id]
+                self._reply(
+                    201,
+                    {"id": robot_id, "name": full_name, "secret": robot["secret"], "expires_at": -1},
+                    headers={"Location": f"/api/v2.0/robots/{robot_id}"},
+                )
+
+            def _robot(self, robot_id):
+                robot = standin.robots.get(robot_id)
+                if robot is None:
+                    self._error(404, "NOT_FOUND", f"robot {robot_id} not found")
+                elif self.command == "GET":
+                    self._reply(200, self._shown(robot))
+                elif self.command == "PUT":
+                    body = self._body()
+                    if body.get("name") != robot["name"] or body.get("level") != robot["level"]:
+                        self._error(400, "BAD_REQUEST", "cannot update the name or level of a robot")
+                        return
+                    for key in ("description", "duration", "disable", "permissions"):
+                        if key in body:
+                            robot[key] = body[key]
+                    self._reply(200)
+                elif self.command == "PATCH":
+                    robot["secret"] = self._body().get("secret") or secrets.token_urlsafe(24)
+                    self._reply(200, {"secret": robot["secret"]})
+                elif self.command == "DELETE":
+                    del standin.robots[robot_id]
+                    self._reply(200)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
         return Handler

@@ -192,12 +192,40 @@ class RegistryClient(_HttpClient):
         raise self._repository_error(answer, repository)
 
 
+def harbor_api_argument_spec():
+    """The connection options of the Harbor API modules (documented in the harbor_api doc fragment)."""
+    return {
+        "harbor_url": {"type": "str", "required": True},
+        "username": {"type": "str"},
+        "password": {"type": "str", "no_log": True},
+        "validate_certs": {"type": "bool", "default": True},
+        "ca_cert": {"type": "path"},
+        "timeout": {"type": "int", "default": 60},
+    }
+
+
+def check_harbor_url(module):
+    if not module.params["harbor_url"].startswith(("http://", "https://")):
+        module.fail_json(msg=f"harbor_url: expected an http(s) URL, got {module.params['harbor_url']!r}")
+
+
 class HarborApiClient(_HttpClient):
     """Harbor's REST API v2.0 (``<harbor_url>/api/v2.0``), with HTTP basic auth."""
 
     def __init__(self, harbor_url, **options):
         name = re.sub(r"^https?://", "", harbor_url).rstrip("/")
         super().__init__(harbor_url, name, **options)
+
+    @classmethod
+    def from_params(cls, params):
+        return cls(
+            params["harbor_url"],
+            username=params["username"],
+            password=params["password"],
+            ca_cert=params["ca_cert"],
+            validate_certs=params["validate_certs"],
+            timeout=params["timeout"],
+        )
 
     def call(self, method, path, expected, body=None, params=None, by_name=False):
         """Call the API; return (status, parsed JSON or None). Fails on a status not in ``expected``."""

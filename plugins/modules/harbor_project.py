@@ -17,11 +17,9 @@ author:
   - mooring developers (@mooring)
 requirements:
   - C(requests) on the host that runs the module.
+extends_documentation_fragment:
+  - mooring.ops.harbor_api
 options:
-  harbor_url:
-    description: Harbor's base URL, for example C(https://harbor.example.com).
-    type: str
-    required: true
   name:
     description: The project's name (lower case letters, digits, C(.), C(_) and C(-)).
     type: str
@@ -39,23 +37,6 @@ options:
     type: str
     choices: [present, absent]
     default: present
-  username:
-    description: A Harbor user (or robot account) allowed to manage projects.
-    type: str
-  password:
-    description: Its password. Never logged.
-    type: str
-  validate_certs:
-    description: Verify Harbor's TLS certificate.
-    type: bool
-    default: true
-  ca_cert:
-    description: CA file that signed Harbor's certificate.
-    type: path
-  timeout:
-    description: Seconds for each API call.
-    type: int
-    default: 60
 attributes:
   check_mode:
     description: Reads the project and reports what would change; writes nothing.
@@ -108,6 +89,8 @@ from ansible_collections.mooring.ops.plugins.module_utils.harbor import (
     REQUESTS_IMPORT_ERROR,
     HarborApiClient,
     RegistryError,
+    check_harbor_url,
+    harbor_api_argument_spec,
 )
 
 
@@ -118,14 +101,7 @@ class HarborProject:
         self.name = params["name"]
         self.public = params["public"]
         self.storage_limit = params["storage_limit"]
-        self.api = HarborApiClient(
-            params["harbor_url"],
-            username=params["username"],
-            password=params["password"],
-            ca_cert=params["ca_cert"],
-            validate_certs=params["validate_certs"],
-            timeout=params["timeout"],
-        )
+        self.api = HarborApiClient.from_params(params)
 
     def _quota(self, project_id):
         _status, quotas = self.api.call(
@@ -233,18 +209,13 @@ class HarborProject:
 
 def main():
     module = AnsibleModule(
-        argument_spec={
-            "harbor_url": {"type": "str", "required": True},
-            "name": {"type": "str", "required": True},
-            "public": {"type": "bool"},
-            "storage_limit": {"type": "int"},
-            "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-            "username": {"type": "str"},
-            "password": {"type": "str", "no_log": True},
-            "validate_certs": {"type": "bool", "default": True},
-            "ca_cert": {"type": "path"},
-            "timeout": {"type": "int", "default": 60},
-        },
+        argument_spec=dict(
+            harbor_api_argument_spec(),
+            name={"type": "str", "required": True},
+            public={"type": "bool"},
+            storage_limit={"type": "int"},
+            state={"type": "str", "choices": ["present", "absent"], "default": "present"},
+        ),
         required_together=[("username", "password")],
         supports_check_mode=True,
     )
@@ -253,8 +224,7 @@ def main():
     name = module.params["name"]
     if not name or name != name.lower() or not all(char.isalnum() or char in "._-" for char in name):
         module.fail_json(msg=f"name: expected a Harbor project name (lower case, digits, '.', '_', '-'), got {name!r}")
-    if not module.params["harbor_url"].startswith(("http://", "https://")):
-        module.fail_json(msg=f"harbor_url: expected an http(s) URL, got {module.params['harbor_url']!r}")
+    check_harbor_url(module)
     if module.params["storage_limit"] is not None and module.params["storage_limit"] < -1:
         module.fail_json(msg="storage_limit: expected a number of bytes, or -1 for no limit")
     module.exit_json(**HarborProject(module).run())

@@ -1,0 +1,32 @@
+# Copyright: mooring developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    # The connection options of every module that talks to Harbor's REST API v2.0.
+    DOCUMENTATION = r"""
+options:
+  harbor_url:
+    description: Harbor's base URL, for example C(https://harbor.example.com).
+    type: str
+    required: true
+  username:
+    description: A Harbor user allowed to make the change (an admin for system-level objects).
+    type: str
+  password:
+    description: Its password. Never logged.
+    type: str
+  validate_certs:
+    description: Verify Harbor's TLS certificate.
+    type: bool
+    default: true
+  ca_cert:
+    description: CA file that signed Harbor's certificate.
+    type: path
+  timeout:
+    description: Seconds for each API call.
+    type: int
+    default: 60
+"""
