@@ -8,7 +8,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import run
+from conftest import LAB_DIR, run
 
 HEALTH_TIMEOUT = 180
 IMAGES = {
@@ -105,3 +105,42 @@ def test_the_registry_holds_each_image_for_the_lab_hosts(lab, name):
     reference = f"harbor.lab/mooring/{name}:{image_tag(name)}"
     pulled = run(["docker", "exec", "mooring-lab-node2", "docker", "pull", "-q", reference], timeout=600)
     assert pulled.returncode == 0, pulled.stderr
+
+
+def test_mirror_mode_copies_an_upstream_image_into_the_registry(lab, tmp_path):
+    """Mirror mode with harbor.lab's own library/debian standing in for an upstream registry (none is reachable
+    here): the role pulls it, then pushes it to another project; a second run changes nothing."""
+    playbook = tmp_path / "mirror.yml"
+    playbook.write_text("- hosts: image_factory\n  gather_facts: false\n  roles: [mooring.ops.image_factory]\n")
+    variables = tmp_path / "vars.json"
+    variables.write_text(
+        json.dumps(
+            {
+                "image_factory_images": [],
+                "image_factory_project": "mooring-mirror",
+                "image_factory_mirror_images": [
+                    {"source": "harbor.lab/library/debian:bookworm", "repository": "debian", "tag": "bookworm"}
+                ],
+            }
+        )
+    )
+    command = ["ansible-playbook", "-i", "inventory/lab", str(playbook), "-e", f"@{variables}"]
+    try:
+        first = run(command)
+        assert first.returncode == 0, first.stdout[-3000:]
+        password = (LAB_DIR / "registry-password").read_text().strip()
+        answer = requests.get(
+            "https://harbor.lab/v2/mooring-mirror/debian/manifests/bookworm",
+            auth=("mooring", password),
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+            verify=str(LAB_DIR / "ca" / "ca.crt"),
+            timeout=30,
+        )
+        assert answer.status_code == 200
+        local = json.loads(run(["docker", "image", "inspect", "harbor.lab/library/debian:bookworm"]).stdout)[0]
+        assert answer.json()["config"]["digest"] == local["Id"]
+        second = run(command)
+        assert second.returncode == 0, second.stdout[-3000:]
+        assert "changed=0" in second.stdout[second.stdout.rfind("PLAY RECAP") :], second.stdout[-3000:]
+    finally:
+        run(["docker", "image", "rm", "harbor.lab/mooring-mirror/debian:bookworm"])
