@@ -16,7 +16,7 @@ help:
 	@echo "make test      lint, ansible-test sanity, Molecule scenarios and integration tests"
 	@echo "make lab-down  remove every container, network, volume, image tag and file the lab made"
 	@echo "make lint      ansible-lint (production), yamllint, ruff"
-	@echo "make bench     converge and push benchmarks (bench/)"
+	@echo "make bench     converge, push and middleware benchmarks (bench/)"
 	@echo "make venv      the pinned toolchain in $(VENV)"
 
 venv: $(VENV)/.installed
@@ -63,3 +63,4 @@ test: lint sanity molecule
 bench: lab
 	python bench/converge.py
 	python bench/push.py
+	python bench/middleware.py

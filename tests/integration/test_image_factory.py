@@ -48,9 +48,10 @@ def service(request, lab):
     name = request.param
     container = f"mooring-test-{name}-{uuid.uuid4().hex[:6]}"
     env_args = [arg for key, value in IMAGES[name]["env"].items() for arg in ("-e", f"{key}={value}")]
-    started = run(["docker", "run", "-d", "--name", container, *env_args, f"mooring/{name}:{image_tag(name)}"])
-    assert started.returncode == 0, started.stderr
     try:
+        started = run(["docker", "run", "-d", "--name", container, *env_args, f"mooring/{name}:{image_tag(name)}"])
+        # A container that was created but could not start is removed too (finally).
+        assert started.returncode == 0, started.stderr
         deadline = time.monotonic() + HEALTH_TIMEOUT
         while (health := inspect(container)["State"].get("Health", {}).get("Status")) != "healthy":
             assert health in ("starting", None), run(["docker", "logs", "--tail", "40", container]).stderr

@@ -1,0 +1,199 @@
+"""MariaDB primary/replica replication on the lab, as `make lab` deployed it with site.yml: the primary on node1,
+the replica on node2, from the image_factory image in harbor.lab. Real servers; every check asks them."""
+
+import json
+import time
+import uuid
+
+import pytest
+
+from conftest import LAB_DIR, REPO_DIR, run
+
+PRIMARY, REPLICA, SPARE = "node1", "node2", "node3"
+LOCAL_CNF = "/etc/mysql/mooring-client/local.cnf"
+
+
+def sql(node, statement, env=None, user_args=None):
+    """Run SQL in the node's database container as root (its 0600 client file), or with other client args."""
+    env_args = [arg for key, value in (env or {}).items() for arg in ("-e", f"{key}={value}")]
+    client_args = user_args or [f"--defaults-extra-file={LOCAL_CNF}"]
+    command = ["docker", "exec", f"mooring-lab-{node}", "docker", "exec", *env_args, "mysql", "mariadb"]
+    return run([*command, *client_args, "-N", "-B", "-e", statement], timeout=120)
+
+
+def value(node, statement):
+    answer = sql(node, statement)
+    assert answer.returncode == 0, answer.stderr
+    return answer.stdout.strip()
+
+
+def replica_status(node):
+    answer = sql(node, "SHOW REPLICA STATUS\\G")
+    assert answer.returncode == 0, answer.stderr
+    return dict(
+        (key.strip(), rest.strip())
+        for key, _sep, rest in (line.partition(":") for line in answer.stdout.splitlines())
+        if _sep
+    )
+
+
+def checksum(node, table):
+    return value(node, f"CHECKSUM TABLE {table}").split()[-1]
+
+
+def wait_for_equal_checksums(table, nodes, timeout=120):
+    deadline = time.monotonic() + timeout
+    while True:
+        primary = checksum(PRIMARY, table)
+        others = {}
+        for node in nodes:
+            answer = sql(node, f"CHECKSUM TABLE {table}")
+            others[node] = answer.stdout.split()[-1] if answer.returncode == 0 and answer.stdout.split() else None
+        if all(other == primary for other in others.values()):
+            return primary
+        assert time.monotonic() < deadline, f"{table}: primary {primary}, replicas {others}"
+        time.sleep(1)
+
+
+def started_at(node, container="mysql"):
+    inspected = run(["docker", "exec", f"mooring-lab-{node}", "docker", "inspect", container])
+    return json.loads(inspected.stdout)[0]["State"]["StartedAt"]
+
+
+def replication_play(*args):
+    return run(["ansible-playbook", "-i", "inventory/lab", *args, "playbooks/mysql_replication.yml"])
+
+
+def recap(process):
+    return process.stdout[process.stdout.rfind("PLAY RECAP") :]
+
+
+@pytest.fixture
+def table(lab):
+    name = f"app.t_{uuid.uuid4().hex[:10]}"
+    answer = sql(PRIMARY, f"CREATE TABLE {name} (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(64))")
+    assert answer.returncode == 0, answer.stderr
+    yield name
+    sql(PRIMARY, f"DROP TABLE IF EXISTS {name}")
+
+
+def insert_rows(table, count):
+    answer = sql(PRIMARY, f"INSERT INTO {table} (v) SELECT CONCAT('row-', seq) FROM seq_1_to_{count}")
+    assert answer.returncode == 0, answer.stderr
+
+
+def test_rows_written_on_the_primary_reach_the_replica_with_equal_checksums(table):
+    insert_rows(table, 1000)
+    wait_for_equal_checksums(table, [REPLICA])
+    assert value(REPLICA, f"SELECT COUNT(*) FROM {table}") == "1000"
+    status = replica_status(REPLICA)
+    assert status["Slave_IO_Running"] == "Yes"
+    assert status["Slave_SQL_Running"] == "Yes"
+    assert status["Using_Gtid"] == "Slave_Pos"
+
+
+def test_the_replica_is_read_only_for_the_app_user(table):
+    password = (LAB_DIR / "mysql-app-password").read_text().strip()
+    wait_for_equal_checksums(table, [REPLICA])
+    refused = sql(
+        REPLICA,
+        f"INSERT INTO {table} (v) VALUES ('written on the replica')",
+        env={"MYSQL_PWD": password},
+        user_args=["--user=app", "--host=127.0.0.1"],
+    )
+    assert refused.returncode != 0
+    assert "read-only" in refused.stderr
+    assert value(REPLICA, "SELECT @@read_only") == "1"
+
+
+def test_a_restarted_replica_resumes_and_catches_up(table):
+    insert_rows(table, 100)
+    restarted = run(["docker", "exec", f"mooring-lab-{REPLICA}", "docker", "restart", "mysql"], timeout=180)
+    assert restarted.returncode == 0, restarted.stderr
+    insert_rows(table, 200)
+    deadline = time.monotonic() + 120
+    while sql(REPLICA, "SELECT 1").returncode != 0:
+        assert time.monotonic() < deadline, "the replica did not come back"
+        time.sleep(1)
+    wait_for_equal_checksums(table, [REPLICA])
+    assert replica_status(REPLICA)["Slave_SQL_Running"] == "Yes"
+
+
+def test_a_second_run_changes_nothing_and_leaves_the_replica_following(table):
+    insert_rows(table, 10)
+    wait_for_equal_checksums(table, [REPLICA])
+    before = replica_status(REPLICA)
+    again = replication_play()
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "changed=0" in recap(again), again.stdout[-3000:]
+    after = replica_status(REPLICA)
+    # A CHANGE MASTER would have started new relay logs; the position may only have moved forward.
+    assert after["Relay_Log_File"] == before["Relay_Log_File"]
+    assert int(after["Relay_Log_Pos"]) >= int(before["Relay_Log_Pos"])
+    assert after["Master_Host"] == before["Master_Host"] == "172.30.0.11"
+
+
+def test_check_mode_on_the_converged_set_reports_no_change(lab):
+    checked = replication_play("--check")
+    assert checked.returncode == 0, checked.stdout[-3000:]
+    assert "changed=0" in recap(checked), checked.stdout[-3000:]
+
+
+def test_a_duplicate_server_id_fails_before_any_change_and_names_the_hosts(lab):
+    before = {node: started_at(node) for node in (PRIMARY, REPLICA)}
+    failed = replication_play("-e", "mysql_server_id=7")
+    assert failed.returncode != 0
+    assert f"mysql_server_id 7 of {PRIMARY} is also the server_id of {REPLICA}" in failed.stdout
+    assert {node: started_at(node) for node in (PRIMARY, REPLICA)} == before
+    assert (
+        "server_id = 1"
+        in run(
+            ["docker", "exec", f"mooring-lab-{PRIMARY}", "cat", "/srv/mooring/mysql/conf.d/mooring-replication.cnf"]
+        ).stdout
+    )
+
+
+def test_a_replica_without_a_primary_fails_and_names_the_host(lab, tmp_path):
+    node3 = {
+        "lab_node_address": "172.30.0.13",
+        "ansible_connection": "community.docker.docker_api",
+        "ansible_host": f"mooring-lab-{SPARE}",
+        "ansible_python_interpreter": "/usr/bin/python3",
+    }
+    inventory = {
+        "all": {
+            "children": {
+                "docker_hosts": {"hosts": {SPARE: node3}},
+                "mysql": {"children": {"mysql_replica": {"hosts": {SPARE: None}}}},
+            }
+        }
+    }
+    (tmp_path / "hosts.yml").write_text(json.dumps(inventory))
+    (tmp_path / "group_vars").symlink_to(REPO_DIR / "inventory" / "lab" / "group_vars")
+    failed = run(
+        ["ansible-playbook", "-i", str(tmp_path / "hosts.yml"), "-e", f"lab_state_dir={LAB_DIR}",
+         "playbooks/mysql_replication.yml"]
+    )  # fmt: skip
+    assert failed.returncode != 0
+    assert "replica node3 needs exactly one host in the group mysql_primary" in failed.stdout
+    assert run(["docker", "exec", f"mooring-lab-{SPARE}", "test", "-e", "/srv/mooring/mysql"]).returncode != 0
+
+
+def test_a_replica_added_to_a_primary_with_rows_is_seeded_and_ends_equal(table, tmp_path):
+    insert_rows(table, 500)
+    extra = tmp_path / "spare-replica.yml"
+    extra.write_text(f"all:\n  children:\n    mysql_replica:\n      hosts:\n        {SPARE}:\n")
+    try:
+        added = run(
+            ["ansible-playbook", "-i", "inventory/lab", "-i", str(extra), "playbooks/mysql_replication.yml"],
+            timeout=900,
+        )
+        assert added.returncode == 0, added.stdout[-4000:]
+        wait_for_equal_checksums(table, [REPLICA, SPARE])
+        assert value(SPARE, f"SELECT COUNT(*) FROM {table}") == "500"
+        insert_rows(table, 50)
+        wait_for_equal_checksums(table, [REPLICA, SPARE])
+        assert value(SPARE, "SELECT @@server_id") == "3"
+    finally:
+        run(["docker", "exec", f"mooring-lab-{SPARE}", "docker", "rm", "-f", "mysql"])
+        run(["docker", "exec", f"mooring-lab-{SPARE}", "rm", "-rf", "/srv/mooring/mysql"])

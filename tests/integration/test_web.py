@@ -1,0 +1,131 @@
+"""The nginx and tomcat roles on the lab, as `make lab` deployed them with site.yml: nginx on node1 and node2,
+Tomcat on node2 and node3, images from harbor.lab; the page and the proxy are asked from this machine over the
+lab network, the way a client would."""
+
+import json
+import uuid
+
+import pytest
+import requests
+
+from conftest import run
+
+NODES = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13"}
+NGINX_HOSTS = ["node1", "node2"]
+TOMCAT_HOSTS = ["node2", "node3"]
+
+
+def get(url):
+    return requests.get(url, timeout=10)
+
+
+def started_at(node, container):
+    inspected = run(["docker", "exec", f"mooring-lab-{node}", "docker", "inspect", container])
+    assert inspected.returncode == 0, inspected.stderr
+    return json.loads(inspected.stdout)[0]["State"]["StartedAt"]
+
+
+def playbook(name, *args):
+    return run(["ansible-playbook", "-i", "inventory/lab", f"playbooks/{name}.yml", *args])
+
+
+def recap(process):
+    return process.stdout[process.stdout.rfind("PLAY RECAP") :]
+
+
+@pytest.mark.parametrize("node", NGINX_HOSTS)
+def test_the_page_is_served_from_every_nginx_host(lab, node):
+    answer = get(f"http://{NODES[node]}/")
+    assert answer.status_code == 200
+    assert "Served by mooring's nginx role" in answer.text
+
+
+@pytest.mark.parametrize("node", TOMCAT_HOSTS)
+def test_tomcat_answers_on_8080(lab, node):
+    answer = get(f"http://{NODES[node]}:8080/")
+    assert answer.status_code == 200
+    assert f"mooring tomcat on {node}" in answer.text
+
+
+@pytest.mark.parametrize("node", NGINX_HOSTS)
+def test_the_tomcat_page_is_served_through_nginx_from_every_tomcat_host(lab, node):
+    served_by = set()
+    for _request in range(8):
+        answer = get(f"http://{NODES[node]}/app/")
+        assert answer.status_code == 200
+        assert "scheme http" in answer.text
+        served_by.add(answer.text.split()[3])
+    assert served_by == set(TOMCAT_HOSTS)
+
+
+def test_changed_content_is_served_without_a_restart(lab, tmp_path):
+    marker = f"content {uuid.uuid4().hex}"
+    (tmp_path / "index.html").write_text(f"<p>{marker}</p>\n")
+    before = {node: started_at(node, "nginx") for node in NGINX_HOSTS}
+    try:
+        changed = playbook("nginx", "-e", json.dumps({"nginx_content_dir": str(tmp_path)}))
+        assert changed.returncode == 0, changed.stdout[-3000:]
+        for node in NGINX_HOSTS:
+            assert marker in get(f"http://{NODES[node]}/").text
+            assert started_at(node, "nginx") == before[node]
+    finally:
+        restored = playbook("nginx")
+        assert restored.returncode == 0, restored.stdout[-3000:]
+    assert marker not in get(f"http://{NODES['node1']}/").text
+
+
+def test_a_broken_configuration_fails_the_check_and_the_old_one_keeps_serving(lab):
+    live = ["docker", "exec", "mooring-lab-node1", "cat", "/srv/mooring/nginx/conf/conf.d/mooring.conf"]
+    config_before = run(live).stdout
+    before = started_at("node1", "nginx")
+    broken = playbook("nginx", "--limit", "node1", "-e", json.dumps({"nginx_server_extra": "no_such_directive on;"}))
+    assert broken.returncode != 0
+    assert 'unknown directive "no_such_directive"' in broken.stdout
+    assert run(live).stdout == config_before
+    assert started_at("node1", "nginx") == before
+    assert get(f"http://{NODES['node1']}/app/").status_code == 200
+    fixed = playbook("nginx", "--limit", "node1")
+    assert fixed.returncode == 0, fixed.stdout[-3000:]
+
+
+def test_a_changed_server_xml_restarts_tomcat_and_a_second_run_changes_nothing(lab):
+    before = started_at("node3", "tomcat")
+    proxied = {"tomcat_proxy_name": "shop.lab", "tomcat_proxy_port": 8443, "tomcat_proxy_scheme": "https"}
+    try:
+        changed = playbook("tomcat", "--limit", "node3", "-e", json.dumps(proxied))
+        assert changed.returncode == 0, changed.stdout[-3000:]
+        assert started_at("node3", "tomcat") != before
+        answer = get(f"http://{NODES['node3']}:8080/")
+        assert "server name shop.lab:8443, scheme https" in answer.text
+        again = playbook("tomcat", "--limit", "node3", "-e", json.dumps(proxied))
+        assert "changed=0" in recap(again), again.stdout[-3000:]
+    finally:
+        restored = playbook("tomcat", "--limit", "node3")
+        assert restored.returncode == 0, restored.stdout[-3000:]
+
+
+@pytest.mark.parametrize("name", ["tomcat", "nginx"])
+def test_check_mode_on_the_converged_lab_reports_no_change(lab, name):
+    checked = playbook(name, "--check")
+    assert checked.returncode == 0, checked.stdout[-3000:]
+    assert "changed=0" in recap(checked), checked.stdout[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("name", "variables", "named"),
+    [
+        ("nginx", {"nginx_proxy_location": "app"}, "nginx_proxy_location"),
+        ("nginx", {"nginx_upstream_servers": ["node2"]}, "nginx_upstream_servers"),
+        ("nginx", {"nginx_tls_certificate": "files/server.crt"}, "nginx_tls_private_key"),
+        ("tomcat", {"tomcat_heap": "lots"}, "tomcat_heap"),
+        ("tomcat", {"tomcat_war": "app.zip"}, "tomcat_war"),
+        ("tomcat", {"tomcat_proxy_scheme": "ftp"}, "tomcat_proxy_scheme"),
+    ],
+)
+def test_bad_input_fails_naming_the_variable_and_leaves_the_service_alone(lab, name, variables, named):
+    node = "node2"
+    before = started_at(node, name)
+    failed = playbook(name, "--limit", node, "-e", json.dumps(variables))
+    assert failed.returncode != 0
+    assert named in failed.stdout
+    assert started_at(node, name) == before
