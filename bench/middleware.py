@@ -66,7 +66,7 @@ def replication_lag(batches, rows, pace):
     try:
         started = time.monotonic()
         for _batch in range(batches):
-            sql(PRIMARY, f"INSERT INTO {table} (v) SELECT CONCAT('row-', seq) FROM seq_1_to_{rows}")
+            sql(PRIMARY, f"INSERT INTO {table} (v) SELECT CONCAT('row-', seq) FROM app.seq_1_to_{rows}")
             time.sleep(pace)
         loaded = time.monotonic()
         primary = sql(PRIMARY, f"CHECKSUM TABLE {table}").split()[-1]

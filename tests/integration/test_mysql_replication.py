@@ -13,12 +13,12 @@ PRIMARY, REPLICA, SPARE = "node1", "node2", "node3"
 LOCAL_CNF = "/etc/mysql/mooring-client/local.cnf"
 
 
-def sql(node, statement, env=None, user_args=None):
+def sql(node, statement, env=None, user_args=None, names=False):
     """Run SQL in the node's database container as root (its 0600 client file), or with other client args."""
     env_args = [arg for key, value in (env or {}).items() for arg in ("-e", f"{key}={value}")]
     client_args = user_args or [f"--defaults-extra-file={LOCAL_CNF}"]
     command = ["docker", "exec", f"mooring-lab-{node}", "docker", "exec", *env_args, "mysql", "mariadb"]
-    return run([*command, *client_args, "-N", "-B", "-e", statement], timeout=120)
+    return run([*command, *client_args, *([] if names else ["-N"]), "-B", "-e", statement], timeout=120)
 
 
 def value(node, statement):
@@ -28,7 +28,7 @@ def value(node, statement):
 
 
 def replica_status(node):
-    answer = sql(node, "SHOW REPLICA STATUS\\G")
+    answer = sql(node, "SHOW REPLICA STATUS\\G", names=True)
     assert answer.returncode == 0, answer.stderr
     return dict(
         (key.strip(), rest.strip())
@@ -78,7 +78,7 @@ def table(lab):
 
 
 def insert_rows(table, count):
-    answer = sql(PRIMARY, f"INSERT INTO {table} (v) SELECT CONCAT('row-', seq) FROM seq_1_to_{count}")
+    answer = sql(PRIMARY, f"INSERT INTO {table} (v) SELECT CONCAT('row-', seq) FROM app.seq_1_to_{count}")
     assert answer.returncode == 0, answer.stderr
 
 
@@ -159,6 +159,7 @@ def test_a_replica_without_a_primary_fails_and_names_the_host(lab, tmp_path):
         "ansible_connection": "community.docker.docker_api",
         "ansible_host": f"mooring-lab-{SPARE}",
         "ansible_python_interpreter": "/usr/bin/python3",
+        "ansible_become": False,
     }
     inventory = {
         "all": {

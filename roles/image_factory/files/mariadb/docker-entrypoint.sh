@@ -46,7 +46,9 @@ if [ "$1" = "mariadbd" ] && [ ! -d /var/lib/mysql/mysql ]; then
     done
     {
         echo "SET @@SESSION.SQL_LOG_BIN=0;"
-        echo "DELETE FROM mysql.global_priv WHERE User = '';"
+        # Anonymous users, and root@<container hostname>, which skip-name-resolve could never match (and which
+        # SHOW CREATE USER, so mariadb-dump --system=users, then cannot read).
+        echo "DELETE FROM mysql.global_priv WHERE User = '' OR (User = 'root' AND Host <> 'localhost');"
         echo "ALTER USER 'root'@'localhost' IDENTIFIED BY $(sql_string "$root_password");"
         echo "CREATE USER 'root'@'%' IDENTIFIED BY $(sql_string "$root_password");"
         echo "GRANT ALL ON *.* TO 'root'@'%' WITH GRANT OPTION;"
