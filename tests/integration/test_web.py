@@ -8,9 +8,10 @@ import uuid
 import pytest
 import requests
 
-from conftest import run
+from conftest import LAB_DIR, run, run_module
 
 NODES = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13"}
+SPARE = "node3"
 NGINX_HOSTS = ["node1", "node2"]
 TOMCAT_HOSTS = ["node2", "node3"]
 
@@ -129,3 +130,25 @@ def test_bad_input_fails_naming_the_variable_and_leaves_the_service_alone(lab, n
     assert failed.returncode != 0
     assert named in failed.stdout
     assert started_at(node, name) == before
+
+
+def test_an_image_missing_from_the_registry_is_built_and_pushed_through_image_factory(lab):
+    """Delete tomcat:10.1 from harbor.lab (the manifest, so its version tag goes too); the tomcat play finds
+    it missing, has image_factory on the image_factory host supply it, and pulls it."""
+    registry = {
+        "registry": "harbor.lab",
+        "project": "mooring",
+        "username": "mooring",
+        "password": (LAB_DIR / "registry-password").read_text().strip(),
+        "ca_cert": str(LAB_DIR / "ca" / "ca.crt"),
+    }
+    removed = run_module("mooring.ops.harbor_image", dict(registry, repository="tomcat", tag="10.1", state="absent"))
+    assert removed["changed"] is True, removed["_output"]
+    supplied = playbook("tomcat", "--limit", "node3")
+    assert supplied.returncode == 0, supplied.stdout[-4000:]
+    assert "Build and push on the image_factory host the missing image tomcat" in supplied.stdout
+    again = run_module(
+        "mooring.ops.harbor_image", dict(registry, repository="tomcat", tag="10.1", state="absent"), "--check"
+    )
+    assert again["changed"] is True  # the tag is back in the registry
+    assert f"mooring tomcat on {SPARE}" in get(f"http://{NODES[SPARE]}:8080/").text
