@@ -25,18 +25,16 @@ from urllib.parse import parse_qs, urlparse
 PROJECT_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 
 
-class HarborStandIn:
-    def __init__(self, users):
-        """users: {name: (password, is_admin)}"""
-        self.users = users
-        self.projects = {}
-        self.quotas = {}
-        self.robots = {}
-        self.requests = []
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+class BackgroundServer:
+    """An HTTP (or, given an SSL context, HTTPS) server on a free local port, serving from a thread while it is
+    used as a context manager."""
+
+    def __init__(self, handler, ssl_context=None):
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        if ssl_context is not None:
+            self._server.socket = ssl_context.wrap_socket(self._server.socket, server_side=True)
+        scheme = "https" if ssl_context is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def __enter__(self):
@@ -46,6 +44,19 @@ class HarborStandIn:
     def __exit__(self, *exc):
         self._server.shutdown()
         self._server.server_close()
+
+
+class HarborStandIn(BackgroundServer):
+    def __init__(self, users):
+        """users: {name: (password, is_admin)}"""
+        self.users = users
+        self.projects = {}
+        self.quotas = {}
+        self.robots = {}
+        self.requests = []
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        super().__init__(self._handler())
 
     def _find(self, name_or_id, by_name):
         with self._lock:

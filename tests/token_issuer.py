@@ -14,16 +14,16 @@ import datetime
 import ipaddress
 import json
 import ssl
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from harbor_standin import BackgroundServer
 
 
 def _b64url(data):
@@ -80,7 +80,7 @@ def pem(key=None, cert=None):
     )
 
 
-class TokenIssuer:
+class TokenIssuer(BackgroundServer):
     def __init__(self, users, *, issuer, service, tls_cert_file, tls_key_file):
         """users: {name: password}"""
         self.users = users
@@ -88,20 +88,10 @@ class TokenIssuer:
         self.service = service
         self.signing_key, self.signing_cert = signing_pair(f"{issuer} token signer")
         self.requests = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(tls_cert_file, tls_key_file)
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        self.realm = f"https://127.0.0.1:{self._server.server_address[1]}/service/token"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(self._handler(), context)
+        self.realm = f"{self.url}/service/token"
 
     def token(self, subject, access):
         header = {

@@ -3,7 +3,9 @@ Tomcat on node2 and node3, images from harbor.lab; the page and the proxy are as
 lab network, the way a client would."""
 
 import json
+import tarfile
 import uuid
+import zipfile
 
 import pytest
 import requests
@@ -152,3 +154,67 @@ def test_an_image_missing_from_the_registry_is_built_and_pushed_through_image_fa
     )
     assert again["changed"] is True  # the tag is back in the registry
     assert f"mooring tomcat on {SPARE}" in get(f"http://{NODES[SPARE]}:8080/").text
+
+
+def test_tls_and_content_from_an_archive(lab, tmp_path):
+    """nginx on node2 with a certificate from the lab CA and its content from a .tar.gz; then back to plain http."""
+    marker = f"archived {uuid.uuid4().hex}"
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text(f"<p>{marker}</p>\n")
+    with tarfile.open(tmp_path / "site.tar.gz", "w:gz") as archive:
+        archive.add(site / "index.html", arcname="index.html")
+    key = tmp_path / "server.key"
+    cert = tmp_path / "server.crt"
+    made = run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=shop.lab",
+         "-addext", f"subjectAltName=DNS:shop.lab,IP:{NODES['node2']}", "-keyout", str(key), "-out", str(cert)]
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    variables = {
+        "nginx_tls_certificate": str(cert),
+        "nginx_tls_private_key": str(key),
+        "nginx_content_archive": str(tmp_path / "site.tar.gz"),
+    }
+    try:
+        secured = playbook("nginx", "--limit", "node2", "-e", json.dumps(variables))
+        assert secured.returncode == 0, secured.stdout[-3000:]
+        page = requests.get(f"https://{NODES['node2']}/", verify=str(cert), timeout=10)
+        assert marker in page.text
+        assert "mooring tomcat on" in requests.get(f"https://{NODES['node2']}/app/", verify=str(cert), timeout=10).text
+        redirect = requests.get(f"http://{NODES['node2']}/", allow_redirects=False, timeout=10)
+        assert redirect.status_code == 301
+        assert redirect.headers["Location"].startswith(f"https://{NODES['node2']}")
+        again = playbook("nginx", "--limit", "node2", "-e", json.dumps(variables))
+        assert "changed=0" in recap(again), again.stdout[-3000:]
+    finally:
+        restored = playbook("nginx", "--limit", "node2")
+        assert restored.returncode == 0, restored.stdout[-3000:]
+    assert get(f"http://{NODES['node2']}/").status_code == 200
+
+
+def test_a_war_is_deployed_as_root_with_the_heap_given(lab, tmp_path):
+    """A second Tomcat on node3 (its own name, directory and port) from a WAR, with a 300m heap."""
+    war = tmp_path / "shop.war"
+    with zipfile.ZipFile(war, "w") as archive:
+        archive.writestr(
+            "index.jsp", '<%@ page contentType="text/plain" %>shop war on <%= System.getenv("MOORING_HOST") %>\n'
+        )
+    variables = {
+        "tomcat_container_name": "tomcat-war",
+        "tomcat_base_dir": "/srv/mooring/tomcat-war",
+        "tomcat_port": 8081,
+        "tomcat_war": str(war),
+        "tomcat_heap": "300m",
+    }
+    try:
+        deployed = playbook("tomcat", "--limit", SPARE, "-e", json.dumps(variables))
+        assert deployed.returncode == 0, deployed.stdout[-3000:]
+        assert f"shop war on {SPARE}" in get(f"http://{NODES[SPARE]}:8081/").text
+        java = run(["docker", "exec", f"mooring-lab-{SPARE}", "docker", "exec", "tomcat-war", "cat", "/proc/1/cmdline"])
+        assert "-Xmx300m" in java.stdout.split("\0")
+        again = playbook("tomcat", "--limit", SPARE, "-e", json.dumps(variables))
+        assert "changed=0" in recap(again), again.stdout[-3000:]
+    finally:
+        run(["docker", "exec", f"mooring-lab-{SPARE}", "docker", "rm", "-f", "tomcat-war"])
+        run(["docker", "exec", f"mooring-lab-{SPARE}", "rm", "-rf", "/srv/mooring/tomcat-war"])

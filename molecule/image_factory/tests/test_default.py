@@ -17,10 +17,16 @@ MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 
 @pytest.fixture(scope="module")
-def pushed_tag(host):
-    tags = host.check_output(f"docker images --format '{{{{.Tag}}}}' {REGISTRY}/molecule/redis").split()
-    assert len(tags) == 1, tags
-    return tags[0]
+def pushed_tags(host):
+    return sorted(host.check_output(f"docker images --format '{{{{.Tag}}}}' {REGISTRY}/molecule/redis").split())
+
+
+@pytest.fixture(scope="module")
+def pushed_tag(pushed_tags):
+    """The version tag (7.0.15); the other one is its major.minor line (7.0)."""
+    line, version = pushed_tags
+    assert version.startswith(line + ".")
+    return version
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +42,11 @@ def test_the_image_runs_as_a_non_root_user_with_a_healthcheck_and_oci_labels(ima
     assert pushed_tag.startswith("7.")
 
 
-def test_the_registry_holds_the_local_image_under_its_version_tag(image, pushed_tag):
+@pytest.mark.parametrize("which", ["version", "line"])
+def test_the_registry_holds_the_local_image_under_its_version_and_its_line(image, pushed_tags, which):
+    tag = pushed_tags[1] if which == "version" else pushed_tags[0]
     answer = requests.get(
-        f"https://{REGISTRY}/v2/molecule/redis/manifests/{pushed_tag}",
+        f"https://{REGISTRY}/v2/molecule/redis/manifests/{tag}",
         auth=("mooring", (LAB_DIR / "registry-password").read_text().strip()),
         headers={"Accept": MANIFEST_V2},
         verify=str(LAB_DIR / "ca" / "ca.crt"),
