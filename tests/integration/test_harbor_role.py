@@ -216,12 +216,12 @@ def test_check_mode_on_a_new_host_writes_nothing(site):
     assert calls(site) == []
 
 
-def test_passwords_stay_out_of_the_output(site):
+def test_passwords_and_the_key_stay_out_of_the_output(site):
     code, _recap, output = converge(site, "-v", "--diff")
     assert code == 0, output
     code, _recap, second = converge(site, "-v", "--diff", harbor_http_port=8081)
     assert code == 0, second
-    for secret in (ADMIN_PASSWORD, DATABASE_PASSWORD):
+    for secret in (ADMIN_PASSWORD, DATABASE_PASSWORD, "PRIVATE KEY"):
         assert secret not in output + second
 
 

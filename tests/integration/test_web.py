@@ -177,8 +177,9 @@ def test_tls_and_content_from_an_archive(lab, tmp_path):
         "nginx_content_archive": str(tmp_path / "site.tar.gz"),
     }
     try:
-        secured = playbook("nginx", "--limit", "node2", "-e", json.dumps(variables))
+        secured = playbook("nginx", "--limit", "node2", "--diff", "-e", json.dumps(variables))
         assert secured.returncode == 0, secured.stdout[-3000:]
+        assert "PRIVATE KEY" not in secured.stdout
         page = requests.get(f"https://{NODES['node2']}/", verify=str(cert), timeout=10)
         assert marker in page.text
         assert "mooring tomcat on" in requests.get(f"https://{NODES['node2']}/app/", verify=str(cert), timeout=10).text
