@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -31,6 +32,19 @@ def run_module(module, args, *options):
     result = json.loads(process.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
     result["_output"] = process.stdout + process.stderr
     return result
+
+
+def changes(process):
+    """The PLAY RECAP's changed count of every host of an ansible-playbook run."""
+    recap = process.stdout[process.stdout.rfind("PLAY RECAP") :]
+    counts = dict(re.findall(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)", recap, re.MULTILINE))
+    assert counts, "no PLAY RECAP in:\n" + process.stdout[-3000:] + process.stderr[-2000:]
+    return {host: int(count) for host, count in counts.items()}
+
+
+def lab_node(node, *command, timeout=300):
+    """Run a command on a lab host (the systemd container), e.g. docker against its own engine."""
+    return run(["docker", "exec", f"mooring-lab-{node}", *command], timeout=timeout)
 
 
 @pytest.fixture(scope="session")

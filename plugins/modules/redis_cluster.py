@@ -459,6 +459,8 @@ class RedisCluster:
             return
         via = masters[0]["entry"]["address"]
         self._meet(via, newcomers)
+        # A newcomer refuses migrated keys (CLUSTERDOWN) until it has learnt who serves every slot.
+        self._wait("the new nodes see every slot served", self._slots_known)
         self._replicate(assignment)
         if new_masters:
             self._rebalance(via, [node["address"] for node in new_masters])
@@ -542,6 +544,13 @@ class RedisCluster:
             for replica, target in sorted(moves.items()):
                 self._call(replica, "CLUSTER", "REPLICATE", ids[target])
         return bool(moves)
+
+    def _slots_known(self):
+        for node in self.nodes:
+            info = _parse_info(self._call(node["address"], "CLUSTER", "INFO"))
+            if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_ok", "0")) != SLOTS:
+                return False
+        return True
 
     def _healthy(self):
         for node in self.nodes:

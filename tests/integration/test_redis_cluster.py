@@ -1,0 +1,245 @@
+"""The Redis Cluster on the lab, as `make lab` deployed it with site.yml: six nodes (8001 and 8002 on node1-3) from
+the image_factory image in harbor.lab. Real Redis; every check asks the nodes."""
+
+import json
+import time
+import uuid
+
+import pytest
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+
+from conftest import LAB_DIR, changes, lab_node, run
+
+NODES = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13"}
+HOST_OF = {address: node for node, address in NODES.items()}
+PORTS = (8001, 8002)
+NODE_TIMEOUT = 5.0
+# Promotion waits for the failure report (node timeout), then a replica election with a random delay of up to
+# ~1 s plus the rank delay; 25 s more covers a loaded 2-core machine.
+FAILOVER_BOUND = NODE_TIMEOUT + 25
+
+
+def password():
+    return (LAB_DIR / "redis-password").read_text().strip()
+
+
+def node_client(address, port):
+    return redis.Redis(host=address, port=port, password=password(), decode_responses=True, socket_timeout=10)
+
+
+def cluster_nodes(address="172.30.0.11", port=8001):
+    """CLUSTER NODES as dicts: address, host (lab node), role, master id, slot count, failed."""
+    entries = []
+    for line in node_client(address, port).execute_command("CLUSTER", "NODES").splitlines():
+        parts = line.split()
+        flags = parts[2].split(",")
+        slots = 0
+        for item in parts[8:]:
+            if not item.startswith("["):
+                first, _, last = item.partition("-")
+                slots += int(last or first) - int(first) + 1
+        node_address = parts[1].split("@")[0]
+        entries.append(
+            {
+                "id": parts[0],
+                "address": node_address,
+                "host": HOST_OF[node_address.split(":")[0]],
+                "role": "master" if "master" in flags else "replica",
+                "master": parts[3],
+                "slots": slots,
+                "failed": "fail" in flags or "fail?" in flags,
+                "connected": parts[7] == "connected",
+            }
+        )
+    return entries
+
+
+def assert_shape(masters_expected=3):
+    entries = cluster_nodes()
+    by_id = {entry["id"]: entry for entry in entries}
+    masters = [entry for entry in entries if entry["role"] == "master" and entry["slots"] > 0]
+    assert len(masters) == masters_expected, entries
+    assert sum(master["slots"] for master in masters) == 16384
+    for master in masters:
+        replicas = [entry for entry in entries if entry["master"] == master["id"] and not entry["failed"]]
+        assert replicas, f"{master['address']} has no replica: {entries}"
+        hosts = [master["host"]] + [replica["host"] for replica in replicas]
+        assert len(set(hosts)) == len(hosts), f"{master['address']} shares a host with its replica: {hosts}"
+    return entries, by_id
+
+
+def cluster_play(*args):
+    return run(["ansible-playbook", "-i", "inventory/lab", *args, "playbooks/redis_cluster.yml"])
+
+
+def client():
+    return RedisCluster(
+        startup_nodes=[ClusterNode(address, port) for address in NODES.values() for port in PORTS],
+        password=password(),
+        decode_responses=True,
+        socket_timeout=5,
+    )
+
+
+def started_at(node, container):
+    return json.loads(lab_node(node, "docker", "inspect", container).stdout)[0]["State"]["StartedAt"]
+
+
+def test_every_node_reports_cluster_state_ok_with_all_slots(lab):
+    for address in NODES.values():
+        for port in PORTS:
+            info = node_client(address, port).execute_command("CLUSTER", "INFO")
+            assert "cluster_state:ok" in info
+            assert "cluster_slots_ok:16384" in info
+            assert "cluster_known_nodes:6" in info
+
+
+def test_three_masters_each_with_a_replica_on_another_host(lab):
+    entries, _ = assert_shape()
+    assert {entry["host"] for entry in entries if entry["role"] == "master"} == set(NODES)
+
+
+def test_the_password_is_required_and_never_on_a_command_line(lab):
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host="172.30.0.11", port=8001, socket_timeout=5).ping()
+    processes = lab_node("node1", "ps", "-eo", "args").stdout
+    assert password() not in processes
+    inspected = lab_node("node1", "docker", "inspect", "redis-8001").stdout
+    assert password() not in inspected
+    mode = lab_node("node1", "stat", "-c", "%a", "/srv/mooring/redis/8001/conf/secrets.conf").stdout.strip()
+    assert mode == "600"
+
+
+def test_a_second_run_changes_nothing_and_check_mode_reports_nothing(lab):
+    again = cluster_play()
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert not any(changes(again).values()), again.stdout[-3000:]
+    checked = cluster_play("--check")
+    assert checked.returncode == 0, checked.stdout[-3000:]
+    assert not any(changes(checked).values()), checked.stdout[-3000:]
+
+
+def test_a_stopped_master_fails_over_keeps_every_key_and_rejoins_as_replica(lab):
+    prefix = f"drill-{uuid.uuid4().hex[:8]}"
+    cluster = client()
+    for index in range(1000):
+        cluster.set(f"{prefix}:{index}", index)
+    # Writes are acknowledged by the master; WAIT for the replica so that the drill tests failover, not loss of
+    # asynchronous writes in flight.
+    entries, by_id = assert_shape()
+    for entry in entries:
+        if entry["role"] == "master":
+            node_client(*entry["address"].split(":")).execute_command("WAIT", 1, 5000)
+    victim = next(entry for entry in entries if entry["role"] == "master" and entry["host"] == "node1")
+    replica = next(entry for entry in entries if entry["master"] == victim["id"])
+    container = f"redis-{victim['address'].split(':')[1]}"
+    watcher = node_client(*replica["address"].split(":"))
+
+    stopped = time.monotonic()
+    assert lab_node("node1", "docker", "stop", "-t", "1", container).returncode == 0
+    try:
+        while watcher.info("replication")["role"] != "master":
+            assert time.monotonic() - stopped < FAILOVER_BOUND, "replica not promoted in time"
+            time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while "cluster_state:ok" not in watcher.execute_command("CLUSTER", "INFO"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        survivors = RedisCluster(
+            startup_nodes=[ClusterNode(*replica["address"].split(":"))],
+            password=password(),
+            decode_responses=True,
+        )
+        values = [survivors.get(f"{prefix}:{index}") for index in range(1000)]
+        assert values == [str(index) for index in range(1000)]
+    finally:
+        assert lab_node("node1", "docker", "start", container).returncode == 0
+
+    deadline = time.monotonic() + 60
+    while True:
+        view = {entry["address"]: entry for entry in cluster_nodes(*replica["address"].split(":"))}
+        old = view[victim["address"]]
+        if old["role"] == "replica" and old["master"] == replica["id"] and old["connected"] and not old["failed"]:
+            break
+        assert time.monotonic() < deadline, f"old master did not rejoin as a replica: {old}"
+        time.sleep(0.5)
+    assert_shape()
+
+    again = cluster_play()
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert not any(changes(again).values()), again.stdout[-3000:]
+    for index in range(0, 1000, 97):
+        assert client().get(f"{prefix}:{index}") == str(index)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"redis_cluster_ports": [8001], "redis_cluster_replicas": 1},
+            "a Redis Cluster needs at least 3 masters: 3 nodes (redis_cluster_ports over the hosts of redis_cluster) "
+            "with redis_cluster_replicas=1 give 1",
+        ),
+        (
+            {"redis_cluster_ports": [8001, 8002, 8003, 8004], "redis_cluster_replicas": 3},
+            "redis_cluster_replicas=3 is more than 3 hosts can hold with anti-affinity",
+        ),
+        ({"redis_cluster_password": ""}, "redis_cluster_password must not be empty"),
+        ({"redis_cluster_ports": [70000]}, "redis_cluster_ports of node1 must be distinct port numbers"),
+    ],
+)
+def test_bad_input_fails_before_any_change_and_names_the_variable(lab, extra, message):
+    before = {node: started_at(node, "redis-8001") for node in NODES}
+    config_before = lab_node("node1", "cat", "/srv/mooring/redis/8001/conf/redis.conf").stdout
+    failed = cluster_play("-e", json.dumps(extra))
+    assert failed.returncode != 0
+    assert message in failed.stdout, failed.stdout[-3000:]
+    assert not any(changes(failed).values())
+    assert {node: started_at(node, "redis-8001") for node in NODES} == before
+    assert lab_node("node1", "cat", "/srv/mooring/redis/8001/conf/redis.conf").stdout == config_before
+    for node in NODES:
+        assert "redis-8003" not in lab_node(node, "docker", "ps", "-a", "--format", "{{.Names}}").stdout
+
+
+@pytest.fixture
+def scale_cluster(lab):
+    """A second cluster on other ports (7001...), removed afterwards, so that growing it leaves the lab's alone."""
+    settings = {
+        "redis_cluster_container_prefix": "redis-scale",
+        "redis_cluster_base_dir": "/srv/mooring/redis-scale",
+    }
+    yield settings
+    for node in NODES:
+        names = lab_node(node, "docker", "ps", "-a", "--filter", "name=redis-scale", "--format", "{{.Names}}").stdout
+        for name in names.split():
+            lab_node(node, "docker", "rm", "-f", name)
+        lab_node(node, "rm", "-rf", "/srv/mooring/redis-scale")
+
+
+def test_scale_out_adds_nodes_moves_slots_to_the_new_master_and_keeps_keys(scale_cluster):
+    first = cluster_play("-e", json.dumps({**scale_cluster, "redis_cluster_ports": [7001, 7002]}))
+    assert first.returncode == 0, first.stdout[-3000:]
+    cluster = RedisCluster(host="172.30.0.11", port=7001, password=password(), decode_responses=True)
+    for index in range(2000):
+        cluster.set(f"scale:{index}", index)
+
+    grown = cluster_play("-e", json.dumps({**scale_cluster, "redis_cluster_ports": [7001, 7002, 7003]}))
+    assert grown.returncode == 0, grown.stdout[-3000:]
+
+    entries = cluster_nodes("172.30.0.11", 7001)
+    assert len(entries) == 9
+    masters = [entry for entry in entries if entry["role"] == "master" and entry["slots"] > 0]
+    assert len(masters) == 4
+    assert sum(master["slots"] for master in masters) == 16384
+    assert min(master["slots"] for master in masters) >= 4096
+    for master in masters:
+        replicas = [entry for entry in entries if entry["master"] == master["id"]]
+        assert replicas, f"{master['address']} has no replica"
+        assert master["host"] not in {replica["host"] for replica in replicas}
+    reader = RedisCluster(host="172.30.0.13", port=7003, password=password(), decode_responses=True)
+    assert [reader.get(f"scale:{index}") for index in range(2000)] == [str(index) for index in range(2000)]
+
+    again = cluster_play("-e", json.dumps({**scale_cluster, "redis_cluster_ports": [7001, 7002, 7003]}))
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert not any(changes(again).values()), again.stdout[-3000:]
