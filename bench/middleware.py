@@ -1,4 +1,4 @@
-"""Middleware benchmark on the lab: the tomcat, nginx and mysql_replication plays, and replication lag.
+"""Middleware benchmark on the lab: the service plays, replication lag, Redis failover, RabbitMQ throughput.
 
 Measures, in one run and on the same machine:
   cold    each play on lab nodes whose service containers and data were removed first
@@ -6,6 +6,10 @@ Measures, in one run and on the same machine:
   lag     a bounded insert load on the MariaDB primary (batches of rows at a fixed pace), the rows per second
           the primary took, and the seconds after the last insert until the replica's CHECKSUM TABLE equals
           the primary's
+  failover  Redis Cluster: a master's container stopped; seconds until its replica reports role:master, and
+          until cluster_state is ok again (then the old master is started and rejoins as a replica)
+  amqp    RabbitMQ: a bounded burst through a quorum queue of the 3-node cluster: publish with publisher
+          confirms (one at a time, as a careful producer does) on node1, consume with acks on node3; msg/s
 and prints warm/cold per play. Needs the lab (`make lab`); leaves the services deployed as site.yml does.
 """
 
@@ -19,12 +23,23 @@ import time
 import uuid
 from pathlib import Path
 
+import pika
+import redis
+
 REPO_DIR = Path(__file__).resolve().parents[1]
 PLAYS = {
     "tomcat": {"hosts": ["node2", "node3"], "containers": ["tomcat"], "dirs": ["/srv/mooring/tomcat"]},
     "nginx": {"hosts": ["node1", "node2"], "containers": ["nginx"], "dirs": ["/srv/mooring/nginx"]},
     "mysql_replication": {"hosts": ["node1", "node2"], "containers": ["mysql"], "dirs": ["/srv/mooring/mysql"]},
+    "redis_cluster": {
+        "hosts": ["node1", "node2", "node3"],
+        "containers": ["redis-8001", "redis-8002"],
+        "dirs": ["/srv/mooring/redis"],
+    },
+    "rabbitmq": {"hosts": ["node1", "node2", "node3"], "containers": ["rabbitmq"], "dirs": ["/srv/mooring/rabbitmq"]},
 }
+ADDRESSES = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13"}
+LAB_DIR = REPO_DIR / ".lab"
 PRIMARY, REPLICA = "node1", "node2"
 LOCAL_CNF = "/etc/mysql/mooring-client/local.cnf"
 
@@ -84,12 +99,97 @@ def replication_lag(batches, rows, pace):
     return batches * rows / (loaded - started), caught_up - loaded
 
 
+def redis_failover(rounds):
+    """Seconds from a master's stop until its replica is master, and until the cluster is ok; per round."""
+    secret = (LAB_DIR / "redis-password").read_text().strip()
+
+    def node(address, port):
+        return redis.Redis(host=address, port=int(port), password=secret, decode_responses=True, socket_timeout=5)
+
+    timings = []
+    for _round in range(rounds):
+        view = [
+            line.split() for line in node(ADDRESSES["node1"], 8001).execute_command("CLUSTER", "NODES").splitlines()
+        ]
+        masters = [parts for parts in view if "master" in parts[2] and len(parts) > 8]
+        victim = masters[_round % len(masters)]
+        replica = next(parts for parts in view if parts[3] == victim[0])
+        victim_address, victim_port = victim[1].split("@")[0].split(":")
+        host = next(name for name, address in ADDRESSES.items() if address == victim_address)
+        watcher = node(*replica[1].split("@")[0].split(":"))
+        started = time.monotonic()
+        on_node(host, "docker", "stop", "-t", "1", f"redis-{victim_port}")
+        try:
+            while watcher.info("replication")["role"] != "master":
+                if time.monotonic() - started > 60:
+                    sys.exit("no promotion within 60 s")
+                time.sleep(0.05)
+            promoted = time.monotonic() - started
+            while "cluster_state:ok" not in watcher.execute_command("CLUSTER", "INFO"):
+                if time.monotonic() - started > 90:
+                    sys.exit("cluster not ok within 90 s")
+                time.sleep(0.05)
+            healthy = time.monotonic() - started
+        finally:
+            on_node(host, "docker", "start", f"redis-{victim_port}")
+        deadline = time.monotonic() + 60
+        while node(victim_address, victim_port).info("replication")["role"] != "slave":
+            if time.monotonic() > deadline:
+                sys.exit("the old master did not rejoin as a replica")
+            time.sleep(0.5)
+        timings.append((promoted, healthy))
+        print(f"failover {_round + 1}: promoted after {promoted:.2f}s, cluster ok after {healthy:.2f}s")
+    return timings
+
+
+def amqp_burst(count, size):
+    """Publish count messages of size bytes with confirms on node1, consume them with acks on node3."""
+    credentials = pika.PlainCredentials("app", (LAB_DIR / "rabbitmq-app-password").read_text().strip())
+
+    def connect(node):
+        return pika.BlockingConnection(
+            pika.ConnectionParameters(host=ADDRESSES[node], virtual_host="app", credentials=credentials)
+        )
+
+    queue = f"quorum.bench-{uuid.uuid4().hex[:8]}"
+    body = b"x" * size
+    publisher = connect("node1")
+    channel = publisher.channel()
+    channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    channel.confirm_delivery()
+    started = time.monotonic()
+    for _ in range(count):
+        channel.basic_publish("", queue, body)
+    published = time.monotonic() - started
+    publisher.close()
+
+    consumer = connect("node3")
+    channel = consumer.channel()
+    channel.basic_qos(prefetch_count=500)
+    started = time.monotonic()
+    for received, (method, _properties, message) in enumerate(channel.consume(queue, inactivity_timeout=30), 1):
+        if message is None:
+            sys.exit(f"only {received - 1} of {count} messages came back")
+        if received % 250 == 0 or received == count:
+            channel.basic_ack(method.delivery_tag, multiple=True)
+        if received == count:
+            break
+    consumed = time.monotonic() - started
+    channel.cancel()
+    channel.queue_delete(queue)
+    consumer.close()
+    return count / published, count / consumed
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2, help="cold/warm rounds per play (the median is used)")
     parser.add_argument("--batches", type=int, default=50, help="insert batches for the lag measurement")
     parser.add_argument("--rows", type=int, default=1000, help="rows per batch")
     parser.add_argument("--pace", type=float, default=0.05, help="seconds between batches")
+    parser.add_argument("--failovers", type=int, default=3, help="Redis failover rounds")
+    parser.add_argument("--messages", type=int, default=5000, help="AMQP messages in the burst")
+    parser.add_argument("--size", type=int, default=1024, help="AMQP message size in bytes")
     options = parser.parse_args()
     os.environ.setdefault("ANSIBLE_CONFIG", str(REPO_DIR / "ansible.cfg"))
 
@@ -105,6 +205,8 @@ def main():
             results[name]["warm"].append(warm)
             print(f"round {number}: {name:<18} cold {cold:6.1f}s  warm {warm:6.1f}s")
     rate, lag = replication_lag(options.batches, options.rows, options.pace)
+    failovers = redis_failover(options.failovers)
+    publish_rate, consume_rate = amqp_burst(options.messages, options.size)
 
     print()
     print(f"{'play':<20}{'cold s':>9}{'warm s':>9}{'warm/cold':>11}")
@@ -115,6 +217,15 @@ def main():
     print(
         f"replication: {options.batches} batches of {options.rows} rows every {options.pace}s; the primary took "
         f"{rate:,.0f} rows/s; the replica's checksum equalled the primary's {lag:.2f}s after the last insert"
+    )
+    print(
+        f"redis failover (cluster-node-timeout 5 s), median of {len(failovers)}: replica promoted after "
+        f"{statistics.median(t[0] for t in failovers):.2f}s, cluster_state ok after "
+        f"{statistics.median(t[1] for t in failovers):.2f}s"
+    )
+    print(
+        f"rabbitmq: {options.messages} messages of {options.size} B through a quorum queue on 3 nodes: "
+        f"publish with confirms {publish_rate:,.0f} msg/s (node1), consume with acks {consume_rate:,.0f} msg/s (node3)"
     )
 
 

@@ -42,6 +42,15 @@ def changes(process):
     return {host: int(count) for host, count in counts.items()}
 
 
+def failures(process):
+    """What an ansible-playbook run said about its failed tasks (each fatal/failed block), else its tail."""
+    blocks = [
+        process.stdout[match.start() : match.start() + 2500]
+        for match in re.finditer(r"^(fatal|failed): ", process.stdout, re.MULTILINE)
+    ]
+    return "\n".join(blocks) or process.stdout[-3000:] + process.stderr[-2000:]
+
+
 def lab_node(node, *command, timeout=300):
     """Run a command on a lab host (the systemd container), e.g. docker against its own engine."""
     return run(["docker", "exec", f"mooring-lab-{node}", *command], timeout=timeout)

@@ -179,7 +179,7 @@ def _slot_ranges(masters):
     per_master = SLOTS / masters
     ranges, first = [], 0
     for index in range(masters):
-        last = SLOTS - 1 if index == masters - 1 else int(round(per_master * (index + 1))) - 1
+        last = SLOTS - 1 if index == masters - 1 else round(per_master * (index + 1)) - 1
         ranges.append((first, last))
         first = last + 1
     return ranges
@@ -309,7 +309,7 @@ class RedisCluster:
                 groups[master].append(domain)
                 rest = search(index + 1)
                 if rest is not None:
-                    return [(node, master)] + rest
+                    return [(node, master), *rest]
                 groups[master].pop()
                 pool[domain].insert(0, node)
             return None
@@ -379,9 +379,7 @@ class RedisCluster:
     def _diff_text(described):
         lines = []
         for master in described:
-            lines.append(
-                "master %s (%s) slots=%d" % (master["address"], master["failure_domain"], master["slots"])
-            )
+            lines.append("master %s (%s) slots=%d" % (master["address"], master["failure_domain"], master["slots"]))
             lines.extend(
                 "  replica %s (%s)" % (replica["address"], replica["failure_domain"]) for replica in master["replicas"]
             )
@@ -398,14 +396,15 @@ class RedisCluster:
             "form a cluster of %d nodes: %d masters, %d replica(s) each"
             % (len(self.nodes), masters_count, self.replicas)
         )
-        for master, (first, last) in zip(masters, _slot_ranges(masters_count)):
-            self.actions.append("%s serves slots %d-%d" % (master["address"], first, last))
+        ranges = _slot_ranges(masters_count)
+        for index, master in enumerate(masters):
+            self.actions.append("%s serves slots %d-%d" % (master["address"], ranges[index][0], ranges[index][1]))
         for replica, master in sorted(assignment.items()):
             self.actions.append("%s replicates %s" % (replica, master))
         if self.module.check_mode:
             return
-        for master, (first, last) in zip(masters, _slot_ranges(masters_count)):
-            self._call(master["address"], "CLUSTER", "ADDSLOTSRANGE", first, last)
+        for index, master in enumerate(masters):
+            self._call(master["address"], "CLUSTER", "ADDSLOTSRANGE", ranges[index][0], ranges[index][1])
         for epoch, node in enumerate(self.nodes, start=1):
             self._call(node["address"], "CLUSTER", "SET-CONFIG-EPOCH", epoch)
         self._meet(self.nodes[0]["address"], self.nodes[1:])
@@ -507,7 +506,7 @@ class RedisCluster:
             self._call(address, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
 
     def _fix_affinity(self, view):
-        """Move every replica that shares a failure domain with its master (or a sibling) to a master that can take it."""
+        """Move each replica sharing a failure domain with its master (or a sibling) to a master that can take it."""
         masters, by_id = self._shape(view)
         groups = {
             item["entry"]["address"]: [self._domain(item["entry"]["address"])]

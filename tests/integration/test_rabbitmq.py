@@ -1,0 +1,136 @@
+"""The RabbitMQ cluster on the lab, as `make lab` deployed it with site.yml: one broker on each of node1-3, from
+the image_factory image in harbor.lab. Real brokers; AMQP through pika, the management API through requests."""
+
+import json
+import time
+import uuid
+
+import pika
+import pytest
+import requests
+
+from conftest import LAB_DIR, changes, failures, lab_node, run
+
+NODES = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13"}
+
+
+def secret(name):
+    return (LAB_DIR / name).read_text().strip()
+
+
+def api(path, address="172.30.0.11", auth=None):
+    return requests.get(
+        f"http://{address}:15672/api/{path}",
+        auth=auth or ("admin", secret("rabbitmq-admin-password")),
+        timeout=10,
+    )
+
+
+def rabbitmq_play(*args):
+    return run(["ansible-playbook", "-i", "inventory/lab", *args, "playbooks/rabbitmq.yml"])
+
+
+def connection(address):
+    credentials = pika.PlainCredentials("app", secret("rabbitmq-app-password"))
+    return pika.BlockingConnection(
+        pika.ConnectionParameters(host=address, port=5672, virtual_host="app", credentials=credentials)
+    )
+
+
+def test_the_three_brokers_run_as_one_cluster(lab):
+    nodes = api("nodes").json()
+    assert sorted(node["name"] for node in nodes if node["running"]) == sorted(
+        f"rabbit@{address}" for address in NODES.values()
+    )
+
+
+def test_a_message_published_on_one_node_is_consumed_on_another(lab):
+    queue = f"quorum.roundtrip-{uuid.uuid4().hex[:8]}"
+    bodies = [f"message {index}".encode() for index in range(100)]
+    publisher = connection(NODES["node1"])
+    try:
+        channel = publisher.channel()
+        channel.confirm_delivery()
+        channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+        for body in bodies:
+            channel.basic_publish("", queue, body, mandatory=True)
+    finally:
+        publisher.close()
+    consumer = connection(NODES["node3"])
+    try:
+        channel = consumer.channel()
+        received = []
+        for _method, _properties, body in channel.consume(queue, inactivity_timeout=10):
+            if body is None:
+                break
+            received.append(body)
+            channel.basic_ack(_method.delivery_tag)
+            if len(received) == len(bodies):
+                break
+        channel.cancel()
+        assert received == bodies
+        # The management API shows a queue's members and policy after its next statistics round (5 s).
+        deadline = time.monotonic() + 20
+        while "effective_policy_definition" not in (details := api(f"queues/app/{queue}").json()):
+            assert time.monotonic() < deadline, details
+            time.sleep(0.5)
+        # A quorum queue on all three nodes, with the cluster's quorum policy applied.
+        assert sorted(details["members"]) == sorted(f"rabbit@{address}" for address in NODES.values())
+        assert details["effective_policy_definition"]["delivery-limit"] == 20
+        channel.queue_delete(queue)
+    finally:
+        consumer.close()
+
+
+def test_the_admin_can_use_the_api_and_guest_cannot(lab):
+    assert api("overview").status_code == 200
+    for address in NODES.values():
+        assert api("overview", address, auth=("guest", "guest")).status_code == 401
+    assert "guest" not in [user["name"] for user in api("users").json()]
+
+
+def test_secrets_are_in_files_only(lab):
+    password = secret("rabbitmq-admin-password")
+    cookie = secret("rabbitmq-erlang-cookie")
+    inspected = lab_node("node1", "docker", "inspect", "rabbitmq").stdout
+    assert password not in inspected and cookie not in inspected
+    processes = lab_node("node1", "ps", "-eo", "args").stdout
+    assert password not in processes and cookie not in processes
+    modes = lab_node(
+        "node1",
+        "stat",
+        "-c",
+        "%a",
+        "/srv/mooring/rabbitmq/conf.d/20-mooring.conf",
+        "/srv/mooring/rabbitmq/data/.erlang.cookie",
+    ).stdout.split()
+    assert modes == ["600", "400"]
+
+
+def test_a_second_run_changes_nothing_and_check_mode_reports_nothing(lab):
+    again = rabbitmq_play()
+    assert again.returncode == 0, failures(again)
+    assert not any(changes(again).values()), again.stdout[-3000:]
+    checked = rabbitmq_play("--check")
+    assert checked.returncode == 0, failures(checked)
+    assert not any(changes(checked).values()), checked.stdout[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"rabbitmq_admin_password": ""}, "rabbitmq_admin_password must not be empty"),
+        ({"rabbitmq_erlang_cookie": "short"}, "rabbitmq_erlang_cookie must be 20 to 255 letters and digits"),
+        (
+            {"rabbitmq_users": [{"name": "nopass"}]},
+            "rabbitmq_users: every user needs a non-empty password; missing for nopass",
+        ),
+    ],
+)
+def test_bad_input_fails_before_any_change_and_names_the_variable(lab, extra, message):
+    before = json.loads(lab_node("node1", "docker", "inspect", "rabbitmq").stdout)[0]["State"]["StartedAt"]
+    failed = rabbitmq_play("-e", json.dumps(extra))
+    assert failed.returncode != 0
+    assert message in failed.stdout, failed.stdout[-3000:]
+    assert not any(changes(failed).values())
+    assert json.loads(lab_node("node1", "docker", "inspect", "rabbitmq").stdout)[0]["State"]["StartedAt"] == before
