@@ -158,7 +158,7 @@ def amqp_burst(count, size):
     channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
     channel.confirm_delivery()
     started = time.monotonic()
-    for _ in range(count):
+    for _message in range(count):
         channel.basic_publish("", queue, body)
     published = time.monotonic() - started
     publisher.close()

@@ -71,7 +71,7 @@ attributes:
     description: On a healthy cluster of the listed nodes in the wanted shape, nothing is sent and changed is false.
     support: full
 notes:
-  - Nodes that the cluster knows but O(nodes) does not list are reported in RV(warnings), never forgotten.
+  - Nodes that the cluster knows but O(nodes) does not list are reported as warnings, never forgotten.
   - Requires Redis 7.0 or later (C(CLUSTER ADDSLOTSRANGE), C(CLUSTER MEET) with a bus port).
 """
 
@@ -159,7 +159,7 @@ def _parse_nodes(text):
         for item in parts[8:]:
             if item.startswith("["):  # a slot being migrated right now
                 continue
-            first, _, last = item.partition("-")
+            first, _dash, last = item.partition("-")
             ranges.append((int(first), int(last or first)))
         nodes.append(
             {
@@ -360,7 +360,7 @@ class RedisCluster:
         return node["failure_domain"] if node else address.rsplit(":", 1)[0]
 
     def _describe(self, view):
-        masters, _ = self._shape(view)
+        masters = self._shape(view)[0]
         return [
             {
                 "address": item["entry"]["address"],
@@ -437,7 +437,7 @@ class RedisCluster:
 
     def _grow(self, reference, newcomers):
         """Scale-out: meet the empty nodes, make masters or replicas of them, move slots to new masters."""
-        masters, _ = self._shape(reference["view"])
+        masters = self._shape(reference["view"])[0]
         wanted_masters = max(len(self.nodes) // (self.replicas + 1), len(masters))
         new_masters = self._pick_spread(newcomers, wanted_masters - len(masters))
         new_replicas = [node for node in newcomers if node not in new_masters]
@@ -475,7 +475,7 @@ class RedisCluster:
         ids = {entry["address"]: entry["id"] for entry in view}
         target = SLOTS // (len(holders) + len(new_masters))
         for receiver in new_masters:
-            for _ in range(target):
+            for _slot in range(target):
                 donor = max(holders, key=lambda name: len(holders[name]["slots"]))
                 slot = holders[donor]["slots"].pop()
                 self._move_slot(slot, donor, holders[donor]["id"], receiver, ids[receiver])

@@ -37,7 +37,7 @@ def cluster_nodes(address="172.30.0.11", port=8001):
         slots = 0
         for item in parts[8:]:
             if not item.startswith("["):
-                first, _, last = item.partition("-")
+                first, _dash, last = item.partition("-")
                 slots += int(last or first) - int(first) + 1
         node_address = parts[1].split("@")[0]
         entries.append(
@@ -126,7 +126,7 @@ def test_a_stopped_master_fails_over_keeps_every_key_and_rejoins_as_replica(lab)
         cluster.set(f"{prefix}:{index}", index)
     # Writes are acknowledged by the master; WAIT for the replica so that the drill tests failover, not loss of
     # asynchronous writes in flight.
-    entries, _ = assert_shape()
+    entries = assert_shape()[0]
     for entry in entries:
         if entry["role"] == "master":
             node_client(*entry["address"].split(":")).execute_command("WAIT", 1, 5000)
