@@ -102,7 +102,7 @@ class RegistryClient(_HttpClient):
             self._tokens[key] = body.get("token") or body.get("access_token")
         return self._tokens[key]
 
-    def request(self, method, path, scope=None, headers=None):
+    def request(self, method, path, scope=None, headers=None, stream=False):
         """Send a request, answering the registry's auth challenge once; return the response.
 
         Once the registry has said how it authenticates, later requests carry the credentials (or a cached
@@ -114,17 +114,17 @@ class RegistryClient(_HttpClient):
             auth = (self.username, self.password)
         elif self._scheme == "bearer" and (self._bearer, scope) in self._tokens:
             headers["Authorization"] = f"Bearer {self._tokens[(self._bearer, scope)]}"
-        answer = self._send(method, url, headers, auth=auth)
+        answer = self._send(method, url, headers, auth=auth, stream=stream)
         if answer.status_code != 401:
             return answer
         scheme, params = _parse_challenge(answer.headers.get("WWW-Authenticate", ""))
         if scheme == "bearer" and "realm" in params:
             self._scheme, self._bearer = "bearer", (params["realm"], params.get("service"))
             headers["Authorization"] = f"Bearer {self._token(params, params.get('scope', scope))}"
-            answer = self._send(method, url, headers)
+            answer = self._send(method, url, headers, stream=stream)
         elif self.username and auth is None:
             self._scheme = "basic"
-            answer = self._send(method, url, headers, auth=(self.username, self.password))
+            answer = self._send(method, url, headers, auth=(self.username, self.password), stream=stream)
         if answer.status_code == 401:
             raise self._credentials_error()
         return answer
@@ -161,6 +161,24 @@ class RegistryClient(_HttpClient):
         """The manifest (GET) as a dict, or None when the registry does not hold it."""
         answer = self._manifest_request("GET", repository, reference)
         return answer.json() if answer is not None else None
+
+    def manifest_raw(self, repository, reference):
+        """(the manifest's bytes, its media type), or None when the registry does not hold it."""
+        answer = self._manifest_request("GET", repository, reference)
+        if answer is None:
+            return None
+        return answer.content, answer.headers.get("Content-Type", "").split(";")[0]
+
+    def blob(self, repository, digest):
+        """A streaming response for a blob (following the registry's redirect to its storage)."""
+        answer = self.request(
+            "GET", f"/v2/{repository}/blobs/{digest}", scope=f"repository:{repository}:pull", stream=True
+        )
+        if answer.status_code == 404:
+            raise RegistryError(f"the registry {self.registry} has no blob {digest} in {repository}")
+        if answer.status_code != 200:
+            raise self._repository_error(answer, repository)
+        return answer
 
     def tag_digests(self, repository, reference, platform=("linux", "amd64")):
         """(manifest digest, config digest) of a tag from one GET, or (None, None) when the registry does not hold

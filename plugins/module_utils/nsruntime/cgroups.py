@@ -1,0 +1,250 @@
+# Copyright: mooring developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Control groups: the limits of a container (memory, cpu quota and weight, cpuset, pids) and its freezer.
+
+Hosts come in two kinds: cgroup v1 (a hierarchy per controller under /sys/fs/cgroup, as on this project's
+machines) and cgroup v2 (one unified hierarchy, as on most hosts today). `detect()` reads /proc/self/mountinfo
+and returns the matching class; both offer the same calls, so the runtime never asks which one it has.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer")
+V2_CONTROLLERS = ("memory", "cpu", "cpuset", "pids")
+CPU_PERIOD_US = 100000
+UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+class CgroupError(Exception):
+    """A cgroup could not be made, limited or removed; the message names the file or the option."""
+
+
+def parse_size(value, option):
+    """'512m', '1g', '1024' (bytes) -> bytes; a clear error that names the option otherwise."""
+    text = str(value).strip().lower().removesuffix("b") if str(value).strip().lower() != "b" else "b"
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in UNITS else (text, "b")
+    try:
+        size = int(float(number) * UNITS[unit])
+    except ValueError:
+        raise CgroupError(f"{option} must be a size such as 512m, 1g or a number of bytes, got {value!r}") from None
+    if size <= 0:
+        raise CgroupError(f"{option} must be more than 0, got {value!r}")
+    return size
+
+
+def _write(path, value):
+    try:
+        with open(path, "w") as handle:
+            handle.write(str(value))
+    except OSError as exc:
+        raise CgroupError(f"cannot write {value!r} to {path}: {exc.strerror}") from exc
+
+
+def _read(path):
+    with open(path) as handle:
+        return handle.read().strip()
+
+
+def mounts():
+    """{mount point: (fstype, super options)} of the cgroup file systems."""
+    found = {}
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            fields = line.split()
+            separator = fields.index("-")
+            fstype, options = fields[separator + 1], fields[separator + 3]
+            if fstype in ("cgroup", "cgroup2"):
+                found[fields[4]] = (fstype, options.split(","))
+    return found
+
+
+def detect(name, parent="mooring"):
+    """The cgroup of a container on this host: v2 when /sys/fs/cgroup is the unified hierarchy, else v1."""
+    found = mounts()
+    if found.get("/sys/fs/cgroup", ("",))[0] == "cgroup2":
+        return CgroupV2(name, "/sys/fs/cgroup", parent)
+    return CgroupV1(name, parent=parent)
+
+
+class CgroupV1:
+    version = 1
+
+    def __init__(self, name, parent="mooring"):
+        self.name = name
+        self.paths = {}
+        found = mounts()
+        for controller in V1_CONTROLLERS:
+            point = next(
+                (point for point, (kind, opts) in found.items() if kind == "cgroup" and controller in opts), None
+            )
+            if point is None:
+                raise CgroupError(f"the cgroup v1 controller {controller} is not mounted")
+            self.paths[controller] = os.path.join(point, parent, name)
+
+    @property
+    def path(self):
+        return self.paths["memory"]
+
+    def create(self):
+        for controller, path in self.paths.items():
+            parent = os.path.dirname(path)
+            if not os.path.isdir(parent):
+                os.makedirs(parent)
+                if controller == "cpuset":
+                    self._inherit_cpuset(parent)
+            os.makedirs(path, exist_ok=True)
+        self._inherit_cpuset(self.paths["cpuset"])
+
+    @staticmethod
+    def _inherit_cpuset(path):
+        """A v1 cpuset starts empty, and a process cannot join it until cpus and mems are set."""
+        above = os.path.dirname(path)
+        for key in ("cpuset.cpus", "cpuset.mems"):
+            if not _read(os.path.join(path, key)):
+                _write(os.path.join(path, key), _read(os.path.join(above, key)))
+
+    def limit(self, memory=None, memory_swap=None, cpus=None, cpu_shares=None, cpuset_cpus=None, pids_limit=None):
+        if memory:
+            _write(os.path.join(self.paths["memory"], "memory.limit_in_bytes"), memory)
+            swap_file = os.path.join(self.paths["memory"], "memory.memsw.limit_in_bytes")
+            if os.path.exists(swap_file):
+                _write(swap_file, memory_swap if memory_swap and memory_swap > 0 else memory)
+        if cpus:
+            _write(os.path.join(self.paths["cpu"], "cpu.cfs_period_us"), CPU_PERIOD_US)
+            _write(os.path.join(self.paths["cpu"], "cpu.cfs_quota_us"), int(cpus * CPU_PERIOD_US))
+        if cpu_shares:
+            _write(os.path.join(self.paths["cpu"], "cpu.shares"), cpu_shares)
+        if cpuset_cpus:
+            _write(os.path.join(self.paths["cpuset"], "cpuset.cpus"), cpuset_cpus)
+        if pids_limit:
+            _write(os.path.join(self.paths["pids"], "pids.max"), pids_limit)
+
+    def add(self, pid):
+        for path in self.paths.values():
+            _write(os.path.join(path, "cgroup.procs"), pid)
+
+    def procs(self):
+        return [int(pid) for pid in _read(os.path.join(self.path, "cgroup.procs")).split()]
+
+    def freeze(self, frozen=True):
+        state_file = os.path.join(self.paths["freezer"], "freezer.state")
+        _write(state_file, "FROZEN" if frozen else "THAWED")
+        _wait_for(lambda: _read(state_file) == ("FROZEN" if frozen else "THAWED"), state_file)
+
+    def frozen(self):
+        return _read(os.path.join(self.paths["freezer"], "freezer.state")) == "FROZEN"
+
+    def cpu_usage_ns(self):
+        return int(_read(os.path.join(self.paths["cpuacct"], "cpuacct.usage")))
+
+    def oom_killed(self):
+        control = os.path.join(self.paths["memory"], "memory.oom_control")
+        return "oom_kill 0" not in _read(control) if os.path.exists(control) else False
+
+    def remove(self):
+        for path in self.paths.values():
+            _rmdir(path)
+
+
+class CgroupV2:
+    version = 2
+
+    def __init__(self, name, root="/sys/fs/cgroup", parent="mooring"):
+        self.name = name
+        self.root = root
+        self.parent = os.path.join(root, parent)
+        self.path = os.path.join(self.parent, name)
+
+    def create(self):
+        if not os.path.isdir(self.parent):
+            os.makedirs(self.parent)
+        available = _read(os.path.join(self.root, "cgroup.controllers")).split()
+        wanted = [controller for controller in V2_CONTROLLERS if controller in available]
+        for directory in (self.root, self.parent):
+            enabled = _read(os.path.join(directory, "cgroup.subtree_control")).split()
+            missing = [controller for controller in wanted if controller not in enabled]
+            if missing:
+                _write(os.path.join(directory, "cgroup.subtree_control"), " ".join("+" + c for c in missing))
+        os.makedirs(self.path, exist_ok=True)
+
+    def _controller_file(self, controller, name, option):
+        path = os.path.join(self.path, name)
+        if not os.path.exists(path):
+            raise CgroupError(
+                f"{option} needs the cgroup v2 {controller} controller, which {self.root} does not offer "
+                "(on a hybrid host it belongs to a v1 hierarchy)"
+            )
+        return path
+
+    def limit(self, memory=None, memory_swap=None, cpus=None, cpu_shares=None, cpuset_cpus=None, pids_limit=None):
+        if memory:
+            _write(self._controller_file("memory", "memory.max", "memory"), memory)
+            swap = (memory_swap - memory) if memory_swap and memory_swap > 0 else 0
+            _write(self._controller_file("memory", "memory.swap.max", "memory_swap"), swap)
+        if cpus:
+            _write(self._controller_file("cpu", "cpu.max", "cpus"), f"{int(cpus * CPU_PERIOD_US)} {CPU_PERIOD_US}")
+        if cpu_shares:
+            # v1 shares 2..262144 onto v2 weights 1..10000, as runc and crun map them.
+            weight = 1 + ((cpu_shares - 2) * 9999) // 262142
+            _write(self._controller_file("cpu", "cpu.weight", "cpu_shares"), weight)
+        if cpuset_cpus:
+            _write(self._controller_file("cpuset", "cpuset.cpus", "cpuset_cpus"), cpuset_cpus)
+        if pids_limit:
+            _write(self._controller_file("pids", "pids.max", "pids_limit"), pids_limit)
+
+    def add(self, pid):
+        _write(os.path.join(self.path, "cgroup.procs"), pid)
+
+    def procs(self):
+        return [int(pid) for pid in _read(os.path.join(self.path, "cgroup.procs")).split()]
+
+    def freeze(self, frozen=True):
+        _write(os.path.join(self.path, "cgroup.freeze"), 1 if frozen else 0)
+        events = os.path.join(self.path, "cgroup.events")
+        _wait_for(lambda: f"frozen {1 if frozen else 0}" in _read(events), events)
+
+    def frozen(self):
+        return "frozen 1" in _read(os.path.join(self.path, "cgroup.events"))
+
+    def cpu_usage_ns(self):
+        for line in _read(os.path.join(self.path, "cpu.stat")).splitlines():
+            key, _sep, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) * 1000
+        return 0
+
+    def oom_killed(self):
+        events = os.path.join(self.path, "memory.events")
+        if not os.path.exists(events):
+            return False
+        return any(line.startswith("oom_kill ") and line.split()[1] != "0" for line in _read(events).splitlines())
+
+    def remove(self):
+        _rmdir(self.path)
+
+
+def _wait_for(condition, what, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise CgroupError(f"{what} did not change within {timeout} s")
+        time.sleep(0.01)
+
+
+def _rmdir(path, timeout=5.0):
+    """rmdir a cgroup; the kernel says EBUSY while its last processes are still exiting, so retry briefly."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise CgroupError(f"cannot remove {path}: {exc.strerror}") from exc
+            time.sleep(0.02)

@@ -1,0 +1,338 @@
+# Copyright: mooring developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Image layers, the first step of a container's birth: a content-addressed store under the runtime root.
+
+    <root>/blobs/sha256/<hex>      manifests, configs and layer archives, each stored once, by digest, and only
+                                   after its bytes were hashed and matched the digest they were asked for
+    <root>/layers/<diff_id hex>/   each layer unpacked once (by its uncompressed digest, so a pulled and an
+                                   imported copy of the same layer share it), OCI whiteouts turned into
+                                   overlayfs whiteouts so that the directories stack as overlay lower dirs
+    <root>/images/<hex>.json       one record an image: its name, manifest, config and layers
+
+Images come from a registry v2 (module_utils/harbor.py's client: basic or bearer auth, TLS with a CA) or from a
+`docker save` archive. Removing an image and collecting garbage drops what no other image uses.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+
+DIGEST_PREFIX = "sha256:"
+CHUNK = 1 << 20
+PLATFORM = ("linux", "amd64")
+INDEX_TYPES = (
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+)
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+
+
+class ImageError(Exception):
+    """Pulling, importing or unpacking an image failed; the message says which image and blob."""
+
+
+def _hex(digest):
+    algorithm, _sep, value = digest.partition(":")
+    if algorithm != "sha256" or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ImageError(f"not a sha256 digest: {digest!r}")
+    return value
+
+
+def parse_reference(reference):
+    """'harbor.lab/mooring/nginx:1.22' -> ('harbor.lab', 'mooring/nginx', '1.22'); a digest works as the tag."""
+    name, at, digest = reference.partition("@")
+    if at:
+        tag = digest
+    else:
+        last = name.rsplit("/", 1)[-1]
+        name, tag = name.rsplit(":", 1) if ":" in last else (name, "latest")
+    registry, _slash, repository = name.partition("/")
+    if not repository or ("." not in registry and ":" not in registry and registry != "localhost"):
+        raise ImageError(f"image {reference!r} must name its registry, e.g. harbor.example.com/project/name:tag")
+    return registry, repository, tag
+
+
+class _Hashing:
+    """A file object that hashes what is read through it."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.sha = hashlib.sha256()
+
+    def read(self, size=-1):
+        data = self.raw.read(size)
+        self.sha.update(data)
+        return data
+
+    def drain(self):
+        while self.read(CHUNK):
+            pass
+        return DIGEST_PREFIX + self.sha.hexdigest()
+
+
+class Store:
+    def __init__(self, root):
+        self.root = root
+        self.blob_dir = os.path.join(root, "blobs", "sha256")
+        self.layer_dir = os.path.join(root, "layers")
+        self.image_dir = os.path.join(root, "images")
+        self.tmp_dir = os.path.join(root, "tmp")
+
+    def ensure(self):
+        for path in (self.root, self.blob_dir, self.layer_dir, self.image_dir, self.tmp_dir):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+
+    # -- blobs ------------------------------------------------------------------------------------------------
+    def blob_path(self, digest):
+        return os.path.join(self.blob_dir, _hex(digest))
+
+    def has_blob(self, digest):
+        return os.path.exists(self.blob_path(digest))
+
+    def put_blob(self, digest, chunks, what):
+        """Write chunks to a temporary file, check their sha256 against digest, then move it into place."""
+        target = self.blob_path(digest)
+        if os.path.exists(target):
+            return target
+        handle, temporary = tempfile.mkstemp(dir=self.tmp_dir)
+        sha = hashlib.sha256()
+        try:
+            with os.fdopen(handle, "wb") as output:
+                for chunk in chunks:
+                    sha.update(chunk)
+                    output.write(chunk)
+            actual = DIGEST_PREFIX + sha.hexdigest()
+            if actual != digest:
+                raise ImageError(f"{what}: the blob's sha256 is {actual}, not {digest}; rejected")
+            os.replace(temporary, target)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+        return target
+
+    def read_blob(self, digest):
+        with open(self.blob_path(digest), "rb") as blob:
+            return blob.read()
+
+    # -- layers -----------------------------------------------------------------------------------------------
+    def layer_path(self, diff_id):
+        return os.path.join(self.layer_dir, _hex(diff_id))
+
+    def unpack(self, blob_digest, diff_id, what):
+        """Unpack a layer blob into layers/<diff_id>, checking the uncompressed stream against diff_id."""
+        target = self.layer_path(diff_id)
+        if os.path.isdir(target):
+            return target
+        staging = tempfile.mkdtemp(dir=self.tmp_dir)
+        try:
+            with open(self.blob_path(blob_digest), "rb") as raw:
+                compressed = raw.read(2) == b"\x1f\x8b"
+                raw.seek(0)
+                stream = _Hashing(gzip.GzipFile(fileobj=raw) if compressed else raw)
+                with tarfile.open(fileobj=stream, mode="r|") as archive:
+                    _extract(archive, staging, what)
+                actual = stream.drain()
+            if actual != diff_id:
+                raise ImageError(f"{what}: the uncompressed layer's sha256 is {actual}, not {diff_id}; rejected")
+            # The layer's top is the container's /: world-readable like any root directory.
+            os.chmod(staging, 0o755)  # noqa: S103
+            os.rename(staging, target)
+        except (OSError, EOFError, tarfile.TarError, gzip.BadGzipFile) as exc:
+            raise ImageError(f"{what}: cannot unpack: {exc}") from exc
+        finally:
+            if os.path.isdir(staging):
+                shutil.rmtree(staging)
+        return target
+
+    # -- image records ----------------------------------------------------------------------------------------
+    def _record_path(self, name):
+        return os.path.join(self.image_dir, hashlib.sha256(name.encode()).hexdigest() + ".json")
+
+    def image(self, name):
+        try:
+            with open(self._record_path(name)) as record:
+                return json.load(record)
+        except FileNotFoundError:
+            return None
+
+    def images(self):
+        records = []
+        for entry in sorted(os.listdir(self.image_dir)) if os.path.isdir(self.image_dir) else []:
+            with open(os.path.join(self.image_dir, entry)) as record:
+                records.append(json.load(record))
+        return records
+
+    def save_image(self, record):
+        path = self._record_path(record["name"])
+        temporary = path + ".tmp"
+        with open(temporary, "w") as output:
+            json.dump(record, output, indent=1, sort_keys=True)
+        os.replace(temporary, path)
+
+    def remove_image(self, name):
+        path = self._record_path(name)
+        if os.path.exists(path):
+            os.unlink(path)
+            return True
+        return False
+
+    def collect_garbage(self):
+        """Remove the blobs and layer directories that no image record names; return what went."""
+        blobs, layers = set(), set()
+        for record in self.images():
+            blobs.update([record["manifest_digest"], record["config_digest"]])
+            blobs.update(layer["blob"] for layer in record["layers"])
+            layers.update(layer["diff_id"] for layer in record["layers"])
+        removed = []
+        for name in os.listdir(self.blob_dir):
+            if DIGEST_PREFIX + name not in blobs:
+                os.unlink(os.path.join(self.blob_dir, name))
+                removed.append(DIGEST_PREFIX + name)
+        for name in os.listdir(self.layer_dir):
+            if DIGEST_PREFIX + name not in layers:
+                shutil.rmtree(os.path.join(self.layer_dir, name))
+                removed.append("layer " + DIGEST_PREFIX + name)
+        return removed
+
+
+def _safe_name(name, what):
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if name.startswith("/") or ".." in parts:
+        raise ImageError(f"{what}: refusing the archive member {name!r} (outside the layer)")
+    return "/".join(parts)
+
+
+def _through_symlink(root, relative):
+    """True when a parent directory of relative, inside root, is a symlink (a write would leave the layer)."""
+    current = root
+    for part in relative.split("/")[:-1]:
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            return True
+    return False
+
+
+def _extract(archive, root, what):
+    """Extract a layer tar into root, turning OCI whiteouts into overlayfs ones (0/0 char devices and the
+    trusted.overlay.opaque xattr) so that the directory works as an overlay lower dir."""
+    for member in archive:
+        relative = _safe_name(member.name, what)
+        if not relative:
+            continue
+        if _through_symlink(root, relative):
+            raise ImageError(f"{what}: refusing {member.name!r}, which would be written through a symlink")
+        directory, base = os.path.split(relative)
+        parent = os.path.join(root, directory)
+        if base == OPAQUE:
+            os.makedirs(parent, exist_ok=True)
+            os.setxattr(parent, "trusted.overlay.opaque", b"y")
+            continue
+        if base.startswith(WHITEOUT):
+            os.makedirs(parent, exist_ok=True)
+            os.mknod(os.path.join(parent, base[len(WHITEOUT) :]), stat.S_IFCHR | 0o000, os.makedev(0, 0))
+            continue
+        if member.islnk():
+            member.linkname = _safe_name(member.linkname, what)
+        target = os.path.join(root, relative)
+        if os.path.lexists(target) and not (member.isdir() and os.path.isdir(target)):
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            else:
+                os.unlink(target)
+        archive.extract(member, root, set_attrs=True, numeric_owner=True, filter="fully_trusted")
+
+
+# -- getting images ---------------------------------------------------------------------------------------------
+def _chunks(answer):
+    yield from answer.iter_content(CHUNK)
+
+
+def pull(store, client, reference, platform=PLATFORM):
+    """Pull reference through client (a RegistryClient for its registry) into store; return the image record."""
+    _registry, repository, tag = parse_reference(reference)
+    found = client.manifest_raw(repository, tag)
+    if found is None:
+        raise ImageError(f"the registry {client.registry} has no image {repository}:{tag} (option name)")
+    raw, media_type = found
+    digest = DIGEST_PREFIX + hashlib.sha256(raw).hexdigest()
+    if tag.startswith(DIGEST_PREFIX) and digest != tag:
+        raise ImageError(f"{reference}: the manifest's sha256 is {digest}; rejected")
+    manifest = json.loads(raw)
+    if media_type in INDEX_TYPES or "manifests" in manifest:
+        chosen = [
+            entry["digest"]
+            for entry in manifest.get("manifests", [])
+            if (entry.get("platform", {}).get("os"), entry.get("platform", {}).get("architecture")) == platform
+        ]
+        if not chosen:
+            raise ImageError(f"{reference} has no {'/'.join(platform)} image")
+        raw, media_type = client.manifest_raw(repository, chosen[0])
+        digest = DIGEST_PREFIX + hashlib.sha256(raw).hexdigest()
+        if digest != chosen[0]:
+            raise ImageError(f"{reference}: the platform manifest's sha256 is {digest}, not {chosen[0]}; rejected")
+        manifest = json.loads(raw)
+    store.put_blob(digest, [raw], f"{reference} manifest")
+    config_digest = manifest["config"]["digest"]
+    store.put_blob(config_digest, _chunks(client.blob(repository, config_digest)), f"{reference} config")
+    config = json.loads(store.read_blob(config_digest))
+    diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+    if len(diff_ids) != len(manifest["layers"]):
+        raise ImageError(
+            f"{reference}: the config lists {len(diff_ids)} layers, the manifest {len(manifest['layers'])}"
+        )
+    layers = []
+    for layer, diff_id in zip(manifest["layers"], diff_ids, strict=True):
+        what = f"{reference} layer {layer['digest']}"
+        if not os.path.isdir(store.layer_path(diff_id)) and not store.has_blob(layer["digest"]):
+            store.put_blob(layer["digest"], _chunks(client.blob(repository, layer["digest"])), what)
+        store.unpack(layer["digest"], diff_id, what)
+        layers.append({"blob": layer["digest"], "diff_id": diff_id})
+    return _record(reference, digest, config_digest, config, layers)
+
+
+def import_archive(store, path, name=None):
+    """Import a `docker save` archive (Docker's layout, or the OCI layout of Docker 25+); return the records."""
+    records = []
+    try:
+        with tarfile.open(path) as archive:
+            index = json.load(archive.extractfile("manifest.json"))
+            for entry in index:
+                config_raw = archive.extractfile(entry["Config"]).read()
+                config_digest = DIGEST_PREFIX + hashlib.sha256(config_raw).hexdigest()
+                store.put_blob(config_digest, [config_raw], f"{path} config")
+                config = json.loads(config_raw)
+                diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+                layers = []
+                for member_name, diff_id in zip(entry["Layers"], diff_ids, strict=True):
+                    member = archive.extractfile(member_name)
+                    store.put_blob(
+                        diff_id, iter(lambda member=member: member.read(CHUNK), b""), f"{path} {member_name}"
+                    )
+                    store.unpack(diff_id, diff_id, f"{path} {member_name}")
+                    layers.append({"blob": diff_id, "diff_id": diff_id})
+                manifest = json.dumps({"config": config_digest, "layers": entry["Layers"]}, sort_keys=True).encode()
+                manifest_digest = DIGEST_PREFIX + hashlib.sha256(manifest).hexdigest()
+                store.put_blob(manifest_digest, [manifest], f"{path} manifest")
+                for tag in (entry.get("RepoTags") or []) if name is None else [name]:
+                    records.append(_record(tag, manifest_digest, config_digest, config, layers))
+    except (KeyError, ValueError, tarfile.TarError) as exc:
+        raise ImageError(f"{path} is not a docker save archive: {exc}") from exc
+    return records
+
+
+def _record(name, manifest_digest, config_digest, config, layers):
+    return {
+        "name": name,
+        "manifest_digest": manifest_digest,
+        "config_digest": config_digest,
+        "layers": layers,
+        "config": config.get("config", {}),
+    }
