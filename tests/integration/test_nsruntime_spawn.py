@@ -1,0 +1,102 @@
+"""A container's birth on this kernel, as root, without dockerd or runc: the image's layers imported from a real
+`docker save` of the lab's Debian image, an overlay over them, new namespaces, pivot_root, /proc, /dev and /sys,
+capabilities dropped to Docker's set. Checked from inside (what the process sees) and from the host."""
+
+import os
+import sys
+
+import pytest
+
+from conftest import REPO_DIR, run
+
+sys.path.insert(0, str(REPO_DIR / "collections"))
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import namespaces, overlay
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.layers import Store, import_archive
+
+IMAGE = "mooring/debian-python:bookworm"
+# Docker's default bounding set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE
+# NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
+DOCKER_CAPBND = "00000000a80425fb"
+
+
+@pytest.fixture(scope="module")
+def image(lab, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runtime")
+    archive = root / "image.tar"
+    saved = run(["docker", "save", "-o", str(archive), IMAGE])
+    assert saved.returncode == 0, saved.stderr
+    store = Store(str(root / "store"))
+    store.ensure()
+    record = import_archive(store, str(archive), "debian")[0]
+    archive.unlink()
+    return store, record
+
+
+def run_container(image, container_dir, spec):
+    store, record = image
+    merged = overlay.mount_rootfs(store, record, str(container_dir))
+    read_end, write_end = os.pipe()
+    try:
+        helper, init = namespaces.spawn({"rootfs": merged, "stdio": (None, write_end, write_end), **spec})
+        os.close(write_end)
+        write_end = None
+        host_view = {kind: os.readlink(f"/proc/{init}/ns/{kind}") for kind in ("pid", "net", "uts", "mnt")}
+        output = b""
+        while chunk := os.read(read_end, 65536):
+            output += chunk
+        _pid, status = os.waitpid(helper, 0)
+        return os.waitstatus_to_exitcode(status), output.decode(), host_view
+    finally:
+        os.close(read_end)
+        if write_end is not None:
+            os.close(write_end)
+        overlay.unmount_rootfs(str(container_dir))
+        assert not os.path.ismount(os.path.join(container_dir, "merged"))
+
+
+def test_the_container_is_isolated_seen_from_inside_and_from_the_host(image, tmp_path):
+    script = (
+        "echo pid=$$; echo host=$(hostname); echo procs=$(ls /proc | grep -c '^[0-9]');"
+        "echo nets=$(ls /sys/class/net); grep CapBnd /proc/self/status; echo mounts; cat /proc/mounts; sleep 0.3"
+    )
+    code, output, host_view = run_container(
+        image, tmp_path / "c1", {"argv": ["/bin/sh", "-c", script], "hostname": "box1"}
+    )
+    assert code == 0, output
+    assert "pid=1\n" in output
+    assert "host=box1\n" in output
+    assert "nets=lo\n" in output
+    # sh, ls and grep at most: no host process is visible.
+    assert int(output.split("procs=")[1].split()[0]) <= 4
+    assert DOCKER_CAPBND in output
+    mounts = output.split("mounts\n")[1]
+    assert str(REPO_DIR) not in mounts and "/sys/fs/cgroup" not in mounts
+    assert mounts.splitlines()[0].split()[1] == "/"
+    for kind, link in host_view.items():
+        assert link != os.readlink(f"/proc/self/ns/{kind}"), kind
+
+
+def test_a_failing_exec_is_reported_and_leaves_no_mount(image, tmp_path):
+    with pytest.raises(OSError, match=r"did not start.*no-such-program"):
+        run_container(image, tmp_path / "c2", {"argv": ["no-such-program"], "hostname": "box2"})
+
+
+def test_read_only_root_user_and_volume(image, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "in").write_text("from the host")
+    script = "cat /data/in; touch /x 2>/dev/null && echo writable || echo read-only; id -u; touch /data/out || true"
+    code, output, _view = run_container(
+        image,
+        tmp_path / "c3",
+        {
+            "argv": ["/bin/sh", "-c", script],
+            "hostname": "box3",
+            "read_only": True,
+            "user": "65534",
+            "volumes": [{"source": str(shared), "target": "/data", "read_only": True}],
+        },
+    )
+    assert code == 0, output
+    assert output.splitlines()[:3] == ["from the host", "read-only", "65534"]
+    assert not (shared / "out").exists()
