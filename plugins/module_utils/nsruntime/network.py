@@ -1,0 +1,210 @@
+# Copyright: mooring developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Container networking, as the course notes build it with `ip netns` and a veth pair, plus what Docker adds:
+
+    the bridge     mooring0 with the subnet's first address, created once
+    a lease        the next free address of the subnet, recorded in leases.json under a lock
+    a namespace    /run/netns/mooring-<name> (`ip netns add`), which the container's PID 1 joins with setns
+    a veth pair    the host end on the bridge, the other end moved into the namespace as eth0, with the lease
+                   and a default route through the bridge
+    iptables       MASQUERADE for traffic leaving the subnet, and DNAT (PREROUTING and OUTPUT) for each published
+                   port, in mooring's own chains, each rule tagged with the container's name
+
+Every step is undone by `teardown`, in the reverse order, whether or not the container ever started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import json
+import os
+import shlex
+import socket
+import subprocess
+
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import locked
+
+BRIDGE = "mooring0"
+SUBNET = "10.88.0.0/16"
+NAT_CHAIN = "MOORING"
+POSTROUTING_CHAIN = "MOORING-POSTROUTING"
+
+
+class NetworkError(Exception):
+    """A network step failed; the message names the command or the option."""
+
+
+def _run(*argv, check=True):
+    process = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if check and process.returncode != 0:
+        raise NetworkError(f"{' '.join(argv)}: {process.stderr.strip() or process.stdout.strip()}")
+    return process
+
+
+def netns_name(name):
+    return f"mooring-{name}"
+
+
+def host_veth(name):
+    return "mv" + hashlib.sha256(name.encode()).hexdigest()[:10]
+
+
+class Network:
+    def __init__(self, state_dir="/run/mooring/network", bridge=BRIDGE, subnet=SUBNET):
+        self.state_dir = state_dir
+        self.bridge = bridge
+        self.subnet = ipaddress.ip_network(subnet)
+        self.gateway = next(self.subnet.hosts())
+        self.leases_file = os.path.join(state_dir, "leases.json")
+
+    # -- the bridge and the NAT chains, once per host ------------------------------------------------------------
+    def ensure_bridge(self):
+        if _run("ip", "link", "show", self.bridge, check=False).returncode != 0:
+            _run("ip", "link", "add", self.bridge, "type", "bridge")
+            _run("ip", "addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
+        _run("ip", "link", "set", self.bridge, "up")
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as forward:
+            forward.write("1")
+        for table, chain, hook in (("nat", NAT_CHAIN, "PREROUTING"), ("nat", NAT_CHAIN, "OUTPUT"),
+                                   ("nat", POSTROUTING_CHAIN, "POSTROUTING")):  # fmt: skip
+            if _run("iptables", "-w", "-t", table, "-n", "-L", chain, check=False).returncode != 0:
+                _run("iptables", "-w", "-t", table, "-N", chain)
+            jump = (
+                ["-j", chain] if chain == POSTROUTING_CHAIN else ["-m", "addrtype", "--dst-type", "LOCAL", "-j", chain]
+            )
+            if _run("iptables", "-w", "-t", table, "-C", hook, *jump, check=False).returncode != 0:
+                _run("iptables", "-w", "-t", table, "-A", hook, *jump)
+        masquerade = ["-s", str(self.subnet), "!", "-o", self.bridge, "-j", "MASQUERADE"]
+        if _run("iptables", "-w", "-t", "nat", "-C", POSTROUTING_CHAIN, *masquerade, check=False).returncode != 0:
+            _run("iptables", "-w", "-t", "nat", "-A", POSTROUTING_CHAIN, *masquerade)
+        # Docker's FORWARD policy may be DROP: let the bridge's traffic through.
+        for rule in (["-i", self.bridge, "-j", "ACCEPT"], ["-o", self.bridge, "-j", "ACCEPT"]):
+            if _run("iptables", "-w", "-C", "FORWARD", *rule, check=False).returncode != 0:
+                _run("iptables", "-w", "-I", "FORWARD", *rule)
+
+    def remove_bridge(self):
+        """Remove the bridge and its host-wide rules (when no container uses it any more)."""
+        for rule in (["-i", self.bridge, "-j", "ACCEPT"], ["-o", self.bridge, "-j", "ACCEPT"]):
+            _run("iptables", "-w", "-D", "FORWARD", *rule, check=False)
+        masquerade = ["-s", str(self.subnet), "!", "-o", self.bridge, "-j", "MASQUERADE"]
+        _run("iptables", "-w", "-t", "nat", "-D", POSTROUTING_CHAIN, *masquerade, check=False)
+        _run("ip", "link", "delete", self.bridge, check=False)
+
+    # -- leases ------------------------------------------------------------------------------------------------
+    def _leases(self):
+        try:
+            with open(self.leases_file) as handle:
+                return json.load(handle)
+        except FileNotFoundError:
+            return {}
+
+    def _save_leases(self, leases):
+        temporary = self.leases_file + ".tmp"
+        with open(temporary, "w") as handle:
+            json.dump(leases, handle, indent=1, sort_keys=True)
+        os.replace(temporary, self.leases_file)
+
+    def lease(self, name):
+        with locked(os.path.join(self.state_dir, "leases.lock")):
+            leases = self._leases()
+            if name in leases:
+                return leases[name]
+            taken = set(leases.values()) | {str(self.gateway)}
+            address = next((str(ip) for ip in self.subnet.hosts() if str(ip) not in taken), None)
+            if address is None:
+                raise NetworkError(f"the subnet {self.subnet} has no free address left")
+            leases[name] = address
+            self._save_leases(leases)
+            return address
+
+    def release(self, name):
+        with locked(os.path.join(self.state_dir, "leases.lock")):
+            leases = self._leases()
+            if leases.pop(name, None) is not None:
+                self._save_leases(leases)
+
+    def leases(self):
+        return self._leases()
+
+    # -- one container -----------------------------------------------------------------------------------------
+    @staticmethod
+    def check_ports(published_ports):
+        """Refuse a host port that something already listens on (before anything is created)."""
+        for port in published_ports:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(("0.0.0.0", port["host_port"]))  # noqa: S104 - a probe, closed at once
+                except OSError as exc:
+                    raise NetworkError(
+                        f"published_ports: host port {port['host_port']} is taken ({exc.strerror})"
+                    ) from exc
+
+    def setup(self, name, published_ports, hostname, stack):
+        """Create the container's namespace, veth and rules; push their undoing on stack (an ExitStack)."""
+        self.check_ports(published_ports)
+        self.ensure_bridge()
+        address = self.lease(name)
+        stack.callback(self.release, name)
+        namespace, veth = netns_name(name), host_veth(name)
+        _run("ip", "netns", "add", namespace)
+        stack.callback(_run, "ip", "netns", "delete", namespace, check=False)
+        _run("ip", "link", "add", veth, "type", "veth", "peer", "name", veth + "c")
+        stack.callback(_run, "ip", "link", "delete", veth, check=False)
+        _run("ip", "link", "set", veth, "master", self.bridge, "up")
+        _run("ip", "link", "set", veth + "c", "netns", namespace)
+        inside = ["ip", "netns", "exec", namespace, "ip"]
+        _run(*inside, "link", "set", veth + "c", "name", "eth0")
+        _run(*inside, "addr", "add", f"{address}/{self.subnet.prefixlen}", "dev", "eth0")
+        _run(*inside, "link", "set", "eth0", "up")
+        _run(*inside, "link", "set", "lo", "up")
+        _run(*inside, "route", "add", "default", "via", str(self.gateway))
+        for port in published_ports:
+            rule = self._dnat_rule(name, address, port)
+            _run("iptables", "-w", "-t", "nat", "-A", NAT_CHAIN, *rule)
+            stack.callback(_run, "iptables", "-w", "-t", "nat", "-D", NAT_CHAIN, *rule, check=False)
+        return {"ip": address, "netns": f"/run/netns/{namespace}", "veth": veth, "hostname": hostname}
+
+    @staticmethod
+    def _dnat_rule(name, address, port):
+        return [
+            "-p", port.get("protocol", "tcp"), "--dport", str(port["host_port"]),
+            "-m", "comment", "--comment", f"mooring:{name}",
+            "-j", "DNAT", "--to-destination", f"{address}:{port['container_port']}",
+        ]  # fmt: skip
+
+    def teardown(self, name):
+        """Remove everything setup made for name, whatever is left of it (idempotent)."""
+        for rule in _run("iptables", "-w", "-t", "nat", "-S", NAT_CHAIN, check=False).stdout.splitlines():
+            words = shlex.split(rule)
+            if "--comment" in words and words[words.index("--comment") + 1] == f"mooring:{name}":
+                _run("iptables", "-w", "-t", "nat", "-D", *words[1:], check=False)
+        _run("ip", "link", "delete", host_veth(name), check=False)
+        _run("ip", "netns", "delete", netns_name(name), check=False)
+        self.release(name)
+
+
+def write_etc(directory, hostname, address):
+    """The container's /etc/hostname, /etc/hosts and /etc/resolv.conf, as files to bind-mount; returns their
+    paths by target."""
+    hostname_file = os.path.join(directory, "hostname")
+    with open(hostname_file, "w") as handle:
+        handle.write(hostname + "\n")
+    hosts = os.path.join(directory, "hosts")
+    with open(hosts, "w") as handle:
+        handle.write("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        if address:
+            handle.write(f"{address}\t{hostname}\n")
+    resolv = os.path.join(directory, "resolv.conf")
+    servers = []
+    with contextlib.suppress(FileNotFoundError), open("/etc/resolv.conf") as host:
+        for line in host:
+            words = line.split()
+            # A resolver on the host's loopback cannot be reached from another network namespace.
+            if words[:1] == ["nameserver"] and len(words) > 1 and not words[1].startswith("127."):
+                servers.append(words[1])
+    with open(resolv, "w") as handle:
+        handle.writelines(f"nameserver {server}\n" for server in servers)
+    return {"/etc/hostname": hostname_file, "/etc/hosts": hosts, "/etc/resolv.conf": resolv}

@@ -1,0 +1,149 @@
+"""The runtime's networking on this kernel, as root: a bridge, a veth and a network namespace a container, leases,
+NAT and a published port, with containers born by the runtime itself (nsruntime.namespaces) on the lab's Debian
+image. Everything is torn down and checked for residue."""
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from conftest import REPO_DIR, run
+
+sys.path.insert(0, str(REPO_DIR / "collections"))
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import namespaces, network, overlay
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.layers import Store, import_archive
+
+IMAGE = "mooring/debian-python:bookworm"
+
+
+@pytest.fixture(scope="module")
+def image(lab, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runtime")
+    archive = root / "image.tar"
+    assert run(["docker", "save", "-o", str(archive), IMAGE]).returncode == 0
+    store = Store(str(root / "store"))
+    store.ensure()
+    record = import_archive(store, str(archive), "debian")[0]
+    archive.unlink()
+    return store, record
+
+
+@pytest.fixture
+def net(tmp_path):
+    return network.Network(state_dir=str(tmp_path / "network"), bridge="mooringt0", subnet="10.89.0.0/24")
+
+
+def residue(net, name):
+    found = []
+    if network.netns_name(name) in run(["ip", "netns", "list"]).stdout:
+        found.append("netns")
+    if run(["ip", "link", "show", network.host_veth(name)]).returncode == 0:
+        found.append("veth")
+    if f"mooring:{name}" in run(["iptables", "-t", "nat", "-S"]).stdout:
+        found.append("iptables rule")
+    if name in net.leases():
+        found.append("lease")
+    return found
+
+
+@contextlib.contextmanager
+def container(image, net, tmp_path, argv, published_ports=()):
+    store, record = image
+    name = f"t{uuid.uuid4().hex[:8]}"
+    directory = tmp_path / name
+    with contextlib.ExitStack() as stack:
+        stack.callback(net.teardown, name)
+        info = net.setup(name, list(published_ports), name, stack)
+        directory.mkdir()
+        etc = network.write_etc(str(directory), name, info["ip"])
+        merged = overlay.mount_rootfs(store, record, str(directory))
+        stack.callback(overlay.unmount_rootfs, str(directory))
+        volumes = [{"source": source, "target": target, "read_only": True} for target, source in etc.items()]
+        helper, init = namespaces.spawn(
+            {"rootfs": merged, "argv": argv, "hostname": name, "netns": info["netns"], "volumes": volumes}
+        )
+
+        def stop():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(init, signal.SIGKILL)
+            os.waitpid(helper, 0)
+
+        stack.callback(stop)
+        yield {"name": name, **info}
+    assert residue(net, name) == []
+
+
+def wait_for(url, timeout=15):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 - the test's own containers
+                return answer.read().decode()
+        except OSError:
+            assert time.monotonic() < deadline, f"{url} did not answer"
+            time.sleep(0.2)
+
+
+SERVE = ["python3", "-c", "import http.server as s; s.test(s.SimpleHTTPRequestHandler, port=8000, bind='0.0.0.0')"]
+
+
+def test_two_containers_on_the_bridge_reach_each_other(image, net, tmp_path):
+    with container(image, net, tmp_path, SERVE) as server:
+        wait_for(f"http://{server['ip']}:8000/etc/hostname")
+        fetch = (
+            f"import urllib.request as u; print(u.urlopen('http://{server['ip']}:8000/etc/hostname').read().decode())"
+        )
+        with container(image, net, tmp_path, ["python3", "-c", fetch]) as client:
+            assert client["ip"] != server["ip"]
+            # The client's output is not captured here; the server's log proves the request came from it.
+            deadline = time.monotonic() + 15
+            while True:
+                probe = run(["ip", "netns", "exec", network.netns_name(client["name"]), "python3", "-c", fetch])
+                if probe.returncode == 0:
+                    break
+                assert time.monotonic() < deadline, probe.stderr
+                time.sleep(0.2)
+            assert probe.stdout.strip() == server["name"]
+
+
+def test_a_published_port_answers_from_the_host(image, net, tmp_path):
+    port = 18000 + os.getpid() % 1000
+    with container(image, net, tmp_path, SERVE, [{"host_port": port, "container_port": 8000}]) as server:
+        assert wait_for(f"http://{net.gateway}:{port}/etc/hostname").strip() == server["name"]
+        outside = run(["ip", "-4", "route", "get", "1.1.1.1"]).stdout.split("src ")[1].split()[0]
+        assert wait_for(f"http://{outside}:{port}/etc/hostname").strip() == server["name"]
+
+
+def test_a_taken_port_fails_first_naming_the_option_and_leaves_nothing(image, net, tmp_path):
+    with socket.socket() as squatter:
+        squatter.bind(("0.0.0.0", 0))  # noqa: S104
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        name = "taken"
+        taken = f"published_ports: host port {port} is taken"
+        with pytest.raises(network.NetworkError, match=taken), contextlib.ExitStack() as stack:
+            net.setup(name, [{"host_port": port, "container_port": 80}], name, stack)
+        assert residue(net, name) == []
+
+
+def test_leases_are_unique_and_released(net):
+    first, second = net.lease("a"), net.lease("b")
+    assert first != second and first != str(net.gateway)
+    assert net.lease("a") == first
+    net.release("a")
+    net.release("b")
+    assert net.leases() == {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def remove_test_bridge():
+    yield
+    network.Network(bridge="mooringt0", subnet="10.89.0.0/24").remove_bridge()
+    assert run(["ip", "link", "show", "mooringt0"]).returncode != 0
+    assert "mooringt0" not in run(["iptables", "-S", "FORWARD"]).stdout
