@@ -16,7 +16,9 @@ Failures before exec are written to a close-on-exec pipe, so the caller learns w
 
 from __future__ import annotations
 
+import contextlib
 import os
+import selectors
 import struct
 
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import syscalls
@@ -158,7 +160,7 @@ def _helper(spec, go_read, pid_write, errors_write):
         os.write(pid_write, struct.pack("i", init))
         os.close(pid_write)
         _pid, status = os.waitpid(init, 0)
-        os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+        os._exit(_exit_code(status))
     except BaseException as exc:
         os.write(errors_write, f"{type(exc).__name__}: {exc}".encode()[:4000])
         os._exit(127)
@@ -201,3 +203,66 @@ def spawn(spec, before_release=None):
         os.waitpid(helper, 0)
         raise OSError(f"the container did not start: {message.decode(errors='replace') or 'no init'}")
     return helper, struct.unpack("i", raw)[0]
+
+
+def _exit_code(status):
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def _enter_child(handles, root, stdio, argv, env, working_dir, user, capabilities, join):
+    """The forked side of enter(): join, setns, chroot, fork into the PID namespace, exec. Never returns."""
+    try:
+        if join:
+            join(os.getpid())
+        for kind in ("ipc", "uts", "net", "pid", "mnt"):
+            syscalls.setns(handles[kind], 0)
+        os.fchdir(root)
+        os.chroot(".")
+        grandchild = os.fork()
+        if grandchild == 0:
+            try:
+                for source, target in zip(stdio, (0, 1, 2), strict=True):
+                    os.dup2(source, target)
+                _drop_privileges({"capabilities": capabilities, "user": user})
+                os.chdir(working_dir or "/")
+                os.execvpe(argv[0], argv, env)  # noqa: S606 - running the command inside is the point
+            except BaseException as exc:
+                os.write(2, f"exec {argv[0]}: {exc}\n".encode())
+            os._exit(127)
+        _pid, status = os.waitpid(grandchild, 0)
+        os._exit(_exit_code(status))
+    except BaseException as exc:
+        os.write(stdio[2], f"cannot enter the container: {exc}\n".encode())
+        os._exit(126)
+
+
+def enter(init_pid, argv, env, working_dir="/", user=None, capabilities=DEFAULT_CAPABILITIES, join=None, stdin=b""):
+    """Run argv inside a running container (docker exec): setns into PID 1's IPC, UTS, net, PID and mount
+    namespaces, its root, its cgroup (join(pid)) and its capability set; return (exit code, stdout, stderr)."""
+    kinds = ("ipc", "uts", "net", "pid", "mnt")
+    handles = {kind: os.open(f"/proc/{init_pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in kinds}
+    root = os.open(f"/proc/{init_pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    (in_read, in_write), (out_read, out_write), (err_read, err_write) = os.pipe(), os.pipe(), os.pipe()
+    child = os.fork()
+    if child == 0:
+        for fd in (in_write, out_read, err_read):
+            os.close(fd)
+        _enter_child(handles, root, (in_read, out_write, err_write), argv, env, working_dir, user, capabilities, join)
+    for fd in (in_read, out_write, err_write, root, *handles.values()):
+        os.close(fd)
+    with os.fdopen(in_write, "wb") as feed, contextlib.suppress(BrokenPipeError):
+        feed.write(stdin)
+    outputs = {out_read: b"", err_read: b""}
+    with selectors.DefaultSelector() as selector:
+        for fd in outputs:
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            for key, _events in selector.select():
+                chunk = os.read(key.fd, 65536)
+                if chunk:
+                    outputs[key.fd] += chunk
+                else:
+                    selector.unregister(key.fd)
+                    os.close(key.fd)
+    _pid, status = os.waitpid(child, 0)
+    return _exit_code(status), outputs[out_read], outputs[err_read]

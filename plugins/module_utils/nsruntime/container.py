@@ -1,0 +1,267 @@
+# Copyright: mooring developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A container's lifecycle on top of the other files: create, start under a shim, stop, pause, remove, exec.
+
+    /run/mooring/containers/<name>/    state.json (status, pids, ip, exit code) and config.json, under a lock
+    /var/lib/mooring/containers/<name>/ upper/work/merged (the writable layer survives stop and restart),
+                                        container.log, and the /etc files the container sees
+
+The shim is the module's own process, forked twice into a new session with its stdio on /dev/null (so Ansible
+does not wait for it): it sets up the network, mounts the rootfs, makes the cgroup, spawns PID 1 inside it, waits,
+records the exit status, undoes all of it in reverse order, and applies the restart policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import time
+
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, namespaces, network, overlay
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.layers import Store
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import locked
+
+NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+START_TIMEOUT = 30
+
+
+class ContainerError(Exception):
+    """A lifecycle step failed; the message names the option or the container."""
+
+
+def check_name(name):
+    if not NAME.match(name or ""):
+        raise ContainerError(
+            f"name must be 1-63 letters, digits, '_', '.' or '-' and start with a letter or digit, got {name!r}"
+        )
+
+
+def _alive(pid):
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(") ")[1].split()[0] != "Z"
+    return True
+
+
+class Runtime:
+    def __init__(self, root="/var/lib/mooring", run_dir="/run/mooring", bridge=network.BRIDGE, subnet=network.SUBNET):
+        self.root = root
+        self.run_dir = run_dir
+        self.store = Store(root)
+        self.network = network.Network(os.path.join(run_dir, "network"), bridge, subnet)
+
+    # -- files ------------------------------------------------------------------------------------------------
+    def state_dir(self, name):
+        return os.path.join(self.run_dir, "containers", name)
+
+    def data_dir(self, name):
+        return os.path.join(self.root, "containers", name)
+
+    def lock(self, name):
+        return locked(os.path.join(self.state_dir(name), "lock"))
+
+    def _read(self, name, what):
+        try:
+            with open(os.path.join(self.state_dir(name), what)) as handle:
+                return json.load(handle)
+        except FileNotFoundError:
+            return None
+
+    def _write(self, name, what, value):
+        path = os.path.join(self.state_dir(name), what)
+        with open(path + ".tmp", "w") as handle:
+            json.dump(value, handle, indent=1, sort_keys=True)
+        os.replace(path + ".tmp", path)
+
+    def state(self, name):
+        state = self._read(name, "state.json")
+        if state and state.get("status") in ("running", "paused", "starting") and not _alive(state.get("shim_pid")):
+            state["status"] = "exited"
+        return state
+
+    def config(self, name):
+        return self._read(name, "config.json")
+
+    def update_state(self, name, **changes):
+        state = self._read(name, "state.json") or {}
+        state.update(changes)
+        self._write(name, "state.json", state)
+        return state
+
+    def names(self):
+        directory = os.path.join(self.run_dir, "containers")
+        return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def create(self, name, config):
+        check_name(name)
+        os.makedirs(self.state_dir(name), mode=0o700, exist_ok=True)
+        os.makedirs(self.data_dir(name), mode=0o700, exist_ok=True)
+        self._write(name, "config.json", config)
+        self._write(name, "state.json", {"status": "created", "restart_count": 0})
+
+    def start(self, name):
+        """Fork the shim and wait until PID 1 runs (or the start failed); return the state."""
+        self.update_state(name, status="starting", error=None, stop_requested=False)
+        first = os.fork()
+        if first == 0:
+            try:
+                os.setsid()
+                if os.fork() != 0:
+                    os._exit(0)
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                os.closerange(3, 65536)
+                self._supervise(name)
+            finally:
+                os._exit(0)
+        os.waitpid(first, 0)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            state = self._read(name, "state.json")
+            if state["status"] in ("running", "exited"):
+                break
+            if time.monotonic() > deadline:
+                raise ContainerError(f"{name} did not start within {START_TIMEOUT} s")
+            time.sleep(0.005)
+        if state["status"] == "exited" and state.get("error"):
+            raise ContainerError(f"{name}: {state['error']}")
+        return state
+
+    def _supervise(self, name):
+        """The shim: run the container, record how it ended, restart it as its policy says."""
+        config = self.config(name)
+        policy = config.get("restart_policy") or {"name": "no"}
+        self.update_state(name, shim_pid=os.getpid())
+        restarts = self._read(name, "state.json").get("restart_count", 0)
+        while True:
+            code, error, oom = self._run_once(name, config, restarts)
+            state = self._read(name, "state.json")
+            stop = state.get("stop_requested")
+            again = not stop and not error and (
+                policy["name"] == "always"
+                or (policy["name"] == "on-failure" and code != 0
+                    and (not policy.get("maximum_retry_count") or restarts < policy["maximum_retry_count"]))
+            )  # fmt: skip
+            self.update_state(
+                name, status="exited", exit_code=code, oom_killed=oom, error=error, pid=None, restart_count=restarts,
+                finished_at=time.time(),
+            )  # fmt: skip
+            if not again:
+                return
+            restarts += 1
+            time.sleep(min(0.1 * 2**restarts, 2))
+
+    def _run_once(self, name, config, restarts):
+        record = self.store.image(config["image"])
+        with contextlib.ExitStack() as stack:
+            try:
+                if record is None:
+                    raise ContainerError(f"image {config['image']} is not in the store; pull it with ns_image")
+                info = {"ip": None}
+                if config["network"] == "bridge":
+                    stack.callback(self.network.teardown, name)
+                    info = self.network.setup(name, config["published_ports"], config["hostname"], stack)
+                etc = network.write_etc(self.data_dir(name), config["hostname"], info["ip"])
+                merged = overlay.mount_rootfs(self.store, record, self.data_dir(name))
+                stack.callback(overlay.unmount_rootfs, self.data_dir(name), True)
+                group = cgroups.detect(name)
+                group.create()
+                stack.callback(group.remove)
+                group.limit(**config["limits"])
+                log = os.open(
+                    os.path.join(self.data_dir(name), "container.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                )
+                stack.callback(os.close, log)
+                volumes = [{"source": s, "target": t, "read_only": False} for t, s in etc.items()]
+                spec = {
+                    "rootfs": merged, "argv": config["argv"], "env": config["env"], "hostname": config["hostname"],
+                    "working_dir": config["working_dir"], "user": config["user"], "read_only": config["read_only"],
+                    "tmpfs": config["tmpfs"], "volumes": config["volumes"] + volumes,
+                    "capabilities": config["capabilities"], "network": config["network"],
+                    "netns": info.get("netns"), "stdio": (None, log, log),
+                }  # fmt: skip
+                helper, init = namespaces.spawn(spec, before_release=group.add)
+                self.update_state(
+                    name, status="running", pid=init, helper_pid=helper, ip=info["ip"], cgroup=group.path,
+                    rootfs=merged, started_at=time.time(), restart_count=restarts, exit_code=None,
+                )  # fmt: skip
+                _pid, status = os.waitpid(helper, 0)
+                code = os.waitstatus_to_exitcode(status)
+                # The helper exits 128+N when PID 1 was killed by signal N.
+                oom = group.oom_killed()
+                # Whatever PID 1 left behind in the cgroup dies with it, as in Docker.
+                for pid in group.procs():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                return code, None, oom
+            except Exception as exc:
+                return 127, str(exc), False
+
+    def stop(self, name, timeout=10):
+        """SIGTERM to PID 1, SIGKILL after timeout; wait until the shim has cleaned up."""
+        state = self.update_state(name, stop_requested=True)
+        if state.get("status") == "paused":
+            with contextlib.suppress(cgroups.CgroupError):
+                cgroups.detect(name).freeze(False)
+        init = state.get("pid")
+        if init and _alive(init):
+            os.kill(init, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(init) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if _alive(init):
+                os.kill(init, signal.SIGKILL)
+        shim = state.get("shim_pid")
+        deadline = time.monotonic() + 30
+        while _alive(shim) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.state(name)
+
+    def pause(self, name, paused=True):
+        cgroups.detect(name).freeze(paused)
+        return self.update_state(name, status="paused" if paused else "running")
+
+    def remove(self, name, timeout=10):
+        state = self.state(name)
+        if state and state.get("status") in ("running", "paused", "starting"):
+            self.stop(name, timeout)
+        # Whatever a crashed shim left: network, mount, cgroup.
+        self.network.teardown(name)
+        overlay.unmount_rootfs(self.data_dir(name))
+        with contextlib.suppress(cgroups.CgroupError):
+            cgroups.detect(name).remove()
+        shutil.rmtree(self.data_dir(name), ignore_errors=True)
+        shutil.rmtree(self.state_dir(name), ignore_errors=True)
+
+    def exec(self, name, argv, env=None, user=None, working_dir=None, stdin=b""):
+        """Run argv inside the running container; return (exit code, stdout, stderr)."""
+        state, config = self.state(name), self.config(name)
+        if not state or state.get("status") != "running":
+            raise ContainerError(f"{name} is not running")
+        return namespaces.enter(
+            state["pid"],
+            argv,
+            {**config["env"], **(env or {})},
+            working_dir=working_dir or config["working_dir"],
+            user=user if user is not None else config["user"],
+            capabilities=config["capabilities"],
+            join=cgroups.detect(name).add,
+            stdin=stdin,
+        )
+
+    def logs(self, name):
+        path = os.path.join(self.data_dir(name), "container.log")
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
+            return handle.read()
+        return b""
