@@ -209,11 +209,12 @@ def _exit_code(status):
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
-def _enter_child(handles, root, stdio, argv, env, working_dir, user, capabilities, join):
+def _enter_child(handles, root, stdio, spec):
     """The forked side of enter(): join, setns, chroot, fork into the PID namespace, exec. Never returns."""
+    argv = spec["argv"]
     try:
-        if join:
-            join(os.getpid())
+        if spec["join"]:
+            spec["join"](os.getpid())
         for kind in ("ipc", "uts", "net", "pid", "mnt"):
             syscalls.setns(handles[kind], 0)
         os.fchdir(root)
@@ -223,9 +224,9 @@ def _enter_child(handles, root, stdio, argv, env, working_dir, user, capabilitie
             try:
                 for source, target in zip(stdio, (0, 1, 2), strict=True):
                     os.dup2(source, target)
-                _drop_privileges({"capabilities": capabilities, "user": user})
-                os.chdir(working_dir or "/")
-                os.execvpe(argv[0], argv, env)  # noqa: S606 - running the command inside is the point
+                _drop_privileges(spec)
+                os.chdir(spec["working_dir"] or "/")
+                os.execvpe(argv[0], argv, spec["env"])  # noqa: S606 - running the command inside is the point
             except BaseException as exc:
                 os.write(2, f"exec {argv[0]}: {exc}\n".encode())
             os._exit(127)
@@ -247,7 +248,8 @@ def enter(init_pid, argv, env, working_dir="/", user=None, capabilities=DEFAULT_
     if child == 0:
         for fd in (in_write, out_read, err_read):
             os.close(fd)
-        _enter_child(handles, root, (in_read, out_write, err_write), argv, env, working_dir, user, capabilities, join)
+        spec = {"argv": argv, "env": env, "working_dir": working_dir, "user": user, "capabilities": capabilities}
+        _enter_child(handles, root, (in_read, out_write, err_write), {**spec, "join": join})
     for fd in (in_read, out_write, err_write, root, *handles.values()):
         os.close(fd)
     with os.fdopen(in_write, "wb") as feed, contextlib.suppress(BrokenPipeError):
