@@ -248,6 +248,11 @@ class NsContainer:
             raise ValueError("command: the image has no Cmd or Entrypoint; give command")
         env = dict(item.split("=", 1) for item in image.get("Env") or [] if "=" in item)
         env.update({key: str(value) for key, value in params["env"].items()})
+        # As Docker: a PATH when the image has none, HOME for the user, HOSTNAME.
+        user = params["user"] or image.get("User") or None
+        env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        env.setdefault("HOME", "/root" if str(user or "0").split(":")[0] in ("0", "root") else "/")
+        env.setdefault("HOSTNAME", params["hostname"] or self.name)
         memory = cgroups.parse_size(params["memory"], "memory") if params["memory"] else None
         swap = None
         if params["memory_swap"]:
@@ -268,7 +273,7 @@ class NsContainer:
             "argv": argv,
             "env": env,
             "working_dir": params["working_dir"] or image.get("WorkingDir") or "/",
-            "user": params["user"] or image.get("User") or None,
+            "user": user,
             "hostname": params["hostname"] or self.name,
             "limits": {
                 "memory": memory,
