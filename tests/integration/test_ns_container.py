@@ -115,12 +115,19 @@ def test_isolation_seen_from_inside_and_from_the_host(runtime, named):
 
 def test_memory_above_the_limit_is_oom_killed_and_reported(runtime, named):
     name = named()
-    failed = container(
-        runtime, name, image="debian", memory="64m",
-        command=["python3", "-c", "import time; b = bytearray(256 * 1024 * 1024); time.sleep(30)"],
-    )  # fmt: skip
-    assert failed.get("failed") is True
-    assert "OOM" in failed["msg"] and "137" in failed["msg"], failed["msg"]
+    options = {
+        "image": "debian",
+        "memory": "64m",
+        "command": ["python3", "-c", "import time; time.sleep(1); b = bytearray(256 * 1024 * 1024); time.sleep(30)"],
+    }
+    started = container(runtime, name, **options)
+    assert started["changed"] is True, started["_output"]
+    wait_for(lambda: rt(runtime).state(name)["status"] == "exited", 30, "not killed")
+    # state=present reports the container as it is, without starting it again.
+    reported = container(runtime, name, **options, state="present")
+    assert reported["changed"] is False
+    assert reported["container"]["state"] == "exited"
+    assert reported["container"]["exit_code"] == 137 and reported["container"]["oom_killed"] is True
 
 
 def test_pids_limit_stops_a_fork_bomb(runtime, named):

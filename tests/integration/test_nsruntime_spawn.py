@@ -84,7 +84,7 @@ def test_a_failing_exec_is_reported_and_leaves_no_mount(image, tmp_path):
 def test_read_only_root_user_and_volume(image, tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
-    (shared / "in").write_text("from the host")
+    (shared / "in").write_text("from the host\n")
     script = "cat /data/in; touch /x 2>/dev/null && echo writable || echo read-only; id -u; touch /data/out || true"
     code, output, _view = run_container(
         image,
