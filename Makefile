@@ -64,3 +64,4 @@ bench: lab
 	python bench/converge.py
 	python bench/push.py
 	python bench/middleware.py
+	python bench/runtime.py

@@ -1,0 +1,108 @@
+"""Runtime benchmark: mooring's daemonless runtime against docker, runc and a shell floor, in one run.
+
+For the same image (the lab's mooring/debian:bookworm, imported into mooring's store from `docker save`), times
+`... run --rm IMAGE /bin/true` N times each, interleaved pair by pair so that the machine's load hits all alike:
+
+  docker        docker run --rm IMAGE /bin/true                          (bridge network, the daemon's path)
+  mooring       mooring-ctr run --rm IMAGE /bin/true                     (bridge network: netns, veth, lease)
+  mooring-none  mooring-ctr run --rm --network none IMAGE /bin/true      (loopback only)
+  runc          runc run on an OCI bundle over the same overlay rootfs   (the peer: no network, no daemon)
+  floor         sh: overlay mount, unshare pid/mnt/uts/ipc/net, chroot, /bin/true, umount
+
+Prints the medians and each one's ratio to docker (goal for mooring: <= 0.15). Needs root, the engine, and the
+image (make images). Leaves nothing behind.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_DIR / "collections"))
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import overlay  # noqa: E402
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.layers import Store  # noqa: E402
+
+CTR = str(REPO_DIR / "bin" / "mooring-ctr")
+
+
+def timed(argv, **kwargs):
+    started = time.perf_counter()
+    process = subprocess.run(argv, capture_output=True, check=False, **kwargs)
+    elapsed = time.perf_counter() - started
+    if process.returncode != 0:
+        sys.exit(f"{' '.join(argv)} failed: {process.stderr.decode()[-2000:]}")
+    return elapsed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--image", default="mooring/debian:bookworm")
+    options = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="mooring-bench-"))
+    ctr = [CTR, "--root", str(work / "store"), "--run-dir", str(work / "run"), "--bridge", "mooringb0",
+           "--subnet", "10.91.0.0/24"]  # fmt: skip
+    try:
+        archive = work / "image.tar"
+        subprocess.run(["docker", "save", "-o", str(archive), options.image], check=True)
+        subprocess.run([*ctr, "load", "-i", str(archive), "--name", "bench"], check=True, capture_output=True)
+        archive.unlink()
+        store = Store(str(work / "store"))
+        record = store.image("bench")
+
+        # runc and the floor run on the same overlay rootfs.
+        merged = overlay.mount_rootfs(store, record, str(work / "rootfs"))
+        bundle = work / "bundle"
+        bundle.mkdir()
+        subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+        spec = json.loads((bundle / "config.json").read_text())
+        spec["process"]["terminal"] = False
+        spec["process"]["args"] = ["/bin/true"]
+        spec["root"] = {"path": merged, "readonly": True}
+        (bundle / "config.json").write_text(json.dumps(spec))
+        lower = ":".join(store.layer_path(layer["diff_id"]) for layer in reversed(record["layers"]))
+        floor = (
+            f"d=$(mktemp -d) && mkdir $d/u $d/w $d/m && mount -t overlay overlay "
+            f"-o lowerdir={lower},upperdir=$d/u,workdir=$d/w $d/m && "
+            "unshare --pid --fork --mount --uts --ipc --net chroot $d/m /bin/true; umount $d/m; rm -rf $d"
+        )
+        candidates = {
+            "docker": ["docker", "run", "--rm", options.image, "/bin/true"],
+            "mooring": [*ctr, "run", "--rm", "bench", "/bin/true"],
+            "mooring-none": [*ctr, "run", "--rm", "--network", "none", "bench", "/bin/true"],
+            "runc": ["runc", "run", "--bundle", str(bundle), "mooring-bench"],
+            "floor": ["sh", "-c", floor],
+        }
+        for argv in candidates.values():
+            timed(argv)  # warm caches once
+        results = {name: [] for name in candidates}
+        for _run in range(options.runs):
+            for name, argv in candidates.items():
+                results[name].append(timed(argv))
+        overlay.unmount_rootfs(str(work / "rootfs"))
+    finally:
+        subprocess.run([*ctr, "rmi", "bench"], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "delete", "mooringb0"], capture_output=True, check=False)
+        if os.path.ismount(work / "rootfs" / "merged"):
+            subprocess.run(["umount", str(work / "rootfs" / "merged")], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+    docker = statistics.median(results["docker"])
+    print(
+        f"{'run --rm IMAGE /bin/true':<28}{'median ms':>11}{'x docker':>10}   ({options.runs} runs each, interleaved)"
+    )
+    for name, timings in results.items():
+        median = statistics.median(timings)
+        print(f"{name:<28}{median * 1000:>11.1f}{median / docker:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
