@@ -320,6 +320,9 @@ class NsContainer:
             if current != "absent":
                 actions.append("remove")
         else:
+            if self.module.check_mode and self.runtime.store.image(self.params["image"]) is None:
+                # ns_image in the same play would pull it; check mode can only say that the container would come.
+                return {"changed": True, "actions": ["create", "start"], "container": self._view()}
             wanted = self.wanted()
             existing = self.runtime.config(self.name) if current != "absent" else None
             if existing is not None and existing != wanted:
@@ -336,7 +339,8 @@ class NsContainer:
             elif target == "stopped" and current in ("running", "paused", "starting"):
                 actions.append("stop")
         before = self._view()
-        diff = {"before": {"state": before.get("state", "absent")}, "after": {"state": target}}
+        shown = {"started": "running", "stopped": "exited"}.get(target, target)
+        diff = {"before": {"state": before.get("state", "absent")}, "after": {"state": shown}}
         if changes:
             diff["before"].update({key: (self.runtime.config(self.name) or {}).get(key) for key in changes})
             diff["after"].update({key: self.wanted()[key] for key in changes})
