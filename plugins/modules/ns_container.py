@@ -311,6 +311,18 @@ class NsContainer:
             "error": state.get("error"),
         }
 
+    @staticmethod
+    def _transitions(target, current):
+        """The steps from the container's status to the task's state (after any create)."""
+        running = current in RUNNING
+        if target == "started" and (not running or current == "paused"):
+            return ["unpause" if current == "paused" else "start"]
+        if target == "paused" and current != "paused":
+            return ([] if running else ["start"]) + ["pause"]
+        if target == "stopped" and current in ("running", "paused", "starting"):
+            return ["stop"]
+        return []
+
     def run(self):
         target = self.params["state"]
         state = self.runtime.state(self.name)
@@ -331,13 +343,7 @@ class NsContainer:
                 current = "absent"
             elif existing is None:
                 actions.append("create")
-            running = current in RUNNING
-            if target == "started" and (not running or current == "paused"):
-                actions.append("unpause" if current == "paused" else "start")
-            elif target == "paused" and current != "paused":
-                actions += ([] if running else ["start"]) + ["pause"]
-            elif target == "stopped" and current in ("running", "paused", "starting"):
-                actions.append("stop")
+            actions += self._transitions(target, current)
         before = self._view()
         shown = {"started": "running", "stopped": "exited"}.get(target, target)
         diff = {"before": {"state": before.get("state", "absent")}, "after": {"state": shown}}
