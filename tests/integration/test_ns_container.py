@@ -72,7 +72,8 @@ def named(runtime):
 
     yield make
     for name in names:
-        removed = container(runtime, name, state="absent")
+        # sleep as PID 1 has no SIGTERM handler: the kernel ignores the signal, so only SIGKILL stops it.
+        removed = container(runtime, name, state="absent", stop_timeout=1)
         assert removed.get("failed") is not True, removed["_output"]
         assert residue(runtime, name) == []
 
@@ -222,7 +223,7 @@ def test_a_published_port_answers_and_two_containers_reach_each_other(runtime, n
 
 def test_a_second_identical_task_changes_nothing_and_a_changed_env_recreates(runtime, named):
     name = named()
-    options = {"image": "debian", "command": "sleep 120", "env": {"MODE": "one"}, "memory": "128m"}
+    options = {"image": "debian", "command": "sleep 120", "env": {"MODE": "one"}, "memory": "128m", "stop_timeout": 1}
     first = container(runtime, name, **options)
     assert first["changed"] is True
     again = container(runtime, name, **options)
