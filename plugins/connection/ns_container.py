@@ -90,9 +90,11 @@ class Connection(ConnectionBase):
         except OSError as exc:
             raise AnsibleConnectionFailure(f"cannot copy {in_path} into {self._name}:{out_path}: {exc}") from exc
         # Files in the container belong to its user, as if written from inside.
-        user = (self._runtime.config(self._name) or {}).get("user") or "0"
-        uid, _sep, gid = str(user).partition(":")
-        os.chown(to_bytes(self._inside(out_path)), int(uid), int(gid or uid))
+        code, out, _err = self._runtime.exec(self._name, ["id", "-u"])
+        uid = int(out) if code == 0 and out.strip().isdigit() else 0
+        code, out, _err = self._runtime.exec(self._name, ["id", "-g"])
+        gid = int(out) if code == 0 and out.strip().isdigit() else 0
+        os.chown(to_bytes(self._inside(out_path)), uid, gid)
 
     def fetch_file(self, in_path, out_path):
         super().fetch_file(in_path, out_path)

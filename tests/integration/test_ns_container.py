@@ -310,3 +310,82 @@ def run_playbook(inventory, play, env):
         ["ansible-playbook", "-i", str(inventory), str(play)],
         capture_output=True, text=True, env=env, cwd=REPO_DIR, timeout=600, check=False,
     )  # fmt: skip
+
+
+NGINX_ROLE = """
+- name: Run nginx from the registry in an ns_container, with limits and a published port
+  mooring.ops.ns_container:
+    name: "{{ web_name }}"
+    image: harbor.lab/mooring/nginx:1.22
+    memory: 64m
+    cpus: 0.5
+    pids_limit: 100
+    published_ports: ["{{ web_port }}:80"]
+    stop_timeout: 2
+    root: "{{ web_root }}"
+    run_dir: "{{ web_run_dir }}"
+    bridge: "{{ web_bridge }}"
+    subnet: "{{ web_subnet }}"
+
+- name: Know the container as a host of the inventory
+  ansible.builtin.add_host:
+    name: "{{ web_name }}"
+    ansible_connection: mooring.ops.ns_container
+    ansible_ns_container_root: "{{ web_root }}"
+    ansible_ns_container_run_dir: "{{ web_run_dir }}"
+  changed_when: false
+
+# The image has no Python: raw goes through the connection plugin's exec alone.
+- name: Write the page inside the container
+  ansible.builtin.raw: printf 'configured through the connection plugin\\n' > /usr/share/nginx/html/index.html
+  delegate_to: "{{ web_name }}"
+  changed_when: true
+"""
+
+
+def test_a_role_runs_nginx_configures_it_through_the_connection_and_removes_it_without_residue(runtime, tmp_path):
+    name = "web" + uuid.uuid4().hex[:6]
+    credentials = {
+        "username": "mooring",
+        "password": (LAB_DIR / "registry-password").read_text().strip(),
+        "ca_cert": str(LAB_DIR / "ca" / "ca.crt"),
+    }
+    pulled = run_module(
+        "mooring.ops.ns_image", {"root": runtime["root"], "name": "harbor.lab/mooring/nginx:1.22", **credentials}
+    )
+    assert pulled.get("failed") is not True, pulled["_output"]
+    port = 19500 + os.getpid() % 400
+    role = tmp_path / "roles" / "ns_nginx" / "tasks"
+    role.mkdir(parents=True)
+    (role / "main.yml").write_text(NGINX_ROLE)
+    play = tmp_path / "play.yml"
+    play.write_text("- hosts: localhost\n  gather_facts: false\n  roles:\n    - role: ns_nginx\n")
+    settings = {
+        "web_name": name, "web_port": port, "web_root": runtime["root"], "web_run_dir": runtime["run_dir"],
+        "web_bridge": runtime["bridge"], "web_subnet": runtime["subnet"],
+        "ansible_python_interpreter": sys.executable,
+    }  # fmt: skip
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(tmp_path / "roles"))
+    try:
+        process = subprocess.run(
+            ["ansible-playbook", "-i", "localhost,", "-c", "local", "-e", json.dumps(settings), str(play)],
+            capture_output=True, text=True, env=env, cwd=REPO_DIR, timeout=600, check=False,
+        )  # fmt: skip
+        assert process.returncode == 0, process.stdout[-3000:]
+
+        def page():
+            try:
+                with urllib.request.urlopen(f"http://{GATEWAY}:{port}/", timeout=2) as answer:  # noqa: S310
+                    return answer.read().decode().strip()
+            except OSError:
+                return None
+
+        wait_for(lambda: page() == "configured through the connection plugin", 20, f"nginx answered {page()!r}")
+        group = cgroups.CgroupV1(name)
+        with open(os.path.join(group.paths["memory"], "memory.limit_in_bytes")) as limit:
+            assert int(limit.read()) == 64 << 20
+    finally:
+        removed = container(runtime, name, state="absent", stop_timeout=2)
+    assert removed["changed"] is True, removed["_output"]
+    assert residue(runtime, name) == []
+    assert page() is None

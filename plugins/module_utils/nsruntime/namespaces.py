@@ -17,7 +17,9 @@ Failures before exec are written to a close-on-exec pipe, so the caller learns w
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
+import pwd
 import selectors
 import struct
 
@@ -80,6 +82,10 @@ def _enter_rootfs(spec):
     for name in ("proc", "dev", "sys"):
         os.makedirs(os.path.join(rootfs, name), exist_ok=True)
     syscalls.mount("proc", os.path.join(rootfs, "proc"), "proc", hardened)
+    if spec.get("network", "none") != "host":
+        # As Docker: in the container's own network namespace any user may bind ports below 1024.
+        with open(os.path.join(rootfs, "proc/sys/net/ipv4/ip_unprivileged_port_start"), "w") as ports:
+            ports.write("0")
     _prepare_dev(os.path.join(rootfs, "dev"))
     syscalls.mount("sysfs", os.path.join(rootfs, "sys"), "sysfs", hardened | syscalls.MS_RDONLY)
     for volume in spec.get("volumes", []):
@@ -117,10 +123,26 @@ def _drop_privileges(spec):
     syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
     user = spec.get("user")
     if user:
-        uid, _sep, gid = str(user).partition(":")
+        uid, gid = resolve_user(str(user))
         os.setgroups([])
-        os.setgid(int(gid or uid))
-        os.setuid(int(uid))
+        os.setgid(gid)
+        os.setuid(uid)
+
+
+def resolve_user(user):
+    """'uid[:gid]' or 'name[:group]' -> (uid, gid), names looked up in the container's /etc/passwd and /etc/group
+    (this runs after pivot_root, so the C library reads the container's files)."""
+    name, _sep, group = user.partition(":")
+    if name.isdigit():
+        uid, default_gid = int(name), int(name)
+        with contextlib.suppress(KeyError):
+            default_gid = pwd.getpwuid(uid).pw_gid
+    else:
+        entry = pwd.getpwnam(name)
+        uid, default_gid = entry.pw_uid, entry.pw_gid
+    if not group:
+        return uid, default_gid
+    return uid, int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
 
 
 def _init(spec, errors):
