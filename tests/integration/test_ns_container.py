@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import REPO_DIR, run, run_module
+from conftest import LAB_DIR, REPO_DIR, run, run_module
 
 sys.path.insert(0, str(REPO_DIR / "collections"))
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, network
@@ -375,7 +375,7 @@ def test_a_role_runs_nginx_configures_it_through_the_connection_and_removes_it_w
 
         def page():
             try:
-                with urllib.request.urlopen(f"http://{GATEWAY}:{port}/", timeout=2) as answer:  # noqa: S310
+                with urllib.request.urlopen(f"http://{GATEWAY}:{port}/", timeout=2) as answer:
                     return answer.read().decode().strip()
             except OSError:
                 return None
