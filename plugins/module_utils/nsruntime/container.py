@@ -180,22 +180,31 @@ class Runtime:
                 stack.callback(group.remove)
                 group.limit(**config["limits"])
                 log = os.open(
-                    os.path.join(self.data_dir(name), "container.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                    os.path.join(self.data_dir(name), "container.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
                 )
                 stack.callback(os.close, log)
+                # The container writes to a pipe, as under Docker (a non-root process may reopen /proc/self/fd/1),
+                # and the shim copies it to the log.
+                output, output_write = os.pipe()
+                stack.callback(os.close, output)
                 volumes = [{"source": s, "target": t, "read_only": False} for t, s in etc.items()]
                 spec = {
                     "rootfs": merged, "argv": config["argv"], "env": config["env"], "hostname": config["hostname"],
                     "working_dir": config["working_dir"], "user": config["user"], "read_only": config["read_only"],
                     "tmpfs": config["tmpfs"], "volumes": config["volumes"] + volumes,
                     "capabilities": config["capabilities"], "network": config["network"],
-                    "netns": info.get("netns"), "stdio": (None, log, log),
+                    "netns": info.get("netns"), "stdio": (None, output_write, output_write),
                 }  # fmt: skip
-                helper, init = namespaces.spawn(spec, before_release=group.add)
+                try:
+                    helper, init = namespaces.spawn(spec, before_release=group.add)
+                finally:
+                    os.close(output_write)
                 self.update_state(
                     name, status="running", pid=init, helper_pid=helper, ip=info["ip"], cgroup=group.path,
                     rootfs=merged, started_at=time.time(), restart_count=restarts, exit_code=None,
                 )  # fmt: skip
+                while chunk := os.read(output, 65536):
+                    os.write(log, chunk)
                 _pid, status = os.waitpid(helper, 0)
                 code = os.waitstatus_to_exitcode(status)
                 # The helper exits 128+N when PID 1 was killed by signal N.
