@@ -21,6 +21,7 @@ import grp
 import os
 import pwd
 import selectors
+import stat
 import struct
 
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import syscalls
@@ -124,6 +125,11 @@ def _drop_privileges(spec):
     user = spec.get("user")
     if user:
         uid, gid = resolve_user(str(user))
+        # As runc does: the user owns its stdio pipes, so that it can reopen /dev/stdout (/proc/self/fd/1).
+        for fd in (0, 1, 2):
+            with contextlib.suppress(OSError):
+                if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    os.fchown(fd, uid, gid)
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
@@ -150,11 +156,11 @@ def _init(spec, errors):
     try:
         _enter_rootfs(spec)
         syscalls.sethostname(spec["hostname"])
-        _drop_privileges(spec)
-        os.chdir(spec.get("working_dir") or "/")
         for fd, target in zip((0, 1, 2), spec.get("stdio", (None, None, None)), strict=True):
             if target is not None:
                 os.dup2(target, fd)
+        _drop_privileges(spec)
+        os.chdir(spec.get("working_dir") or "/")
         env = spec.get("env", {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"})
         os.execvpe(spec["argv"][0], spec["argv"], env)  # noqa: S606 - running the container's command is the point
     except BaseException as exc:
