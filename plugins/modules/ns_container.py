@@ -251,7 +251,7 @@ class NsContainer:
         # As Docker: a PATH when the image has none, HOME for the user, HOSTNAME.
         user = params["user"] or image.get("User") or None
         env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        env.setdefault("HOME", "/root" if str(user or "0").split(":")[0] in ("0", "root") else "/")
+        env.setdefault("HOME", "/root" if str(user or "0").split(":", maxsplit=1)[0] in ("0", "root") else "/")
         env.setdefault("HOSTNAME", params["hostname"] or self.name)
         memory = cgroups.parse_size(params["memory"], "memory") if params["memory"] else None
         swap = None
