@@ -48,7 +48,7 @@ def main():
     options = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="mooring-bench-"))
-    ctr = [CTR, "--root", str(work / "store"), "--run-dir", str(work / "run"), "--bridge", "mooringb0",
+    ctr = [sys.executable, CTR, "--root", str(work / "store"), "--run-dir", str(work / "run"), "--bridge", "mooringb0",
            "--subnet", "10.91.0.0/24"]  # fmt: skip
     try:
         archive = work / "image.tar"
