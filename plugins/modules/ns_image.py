@@ -235,7 +235,7 @@ def main():
     )
     image = NsImage(module)
     try:
-        if module.params["name"] and not module.params["archive"]:
+        if module.params["state"] == "present" and not module.params["archive"]:
             parse_reference(module.params["name"])
         with locked(os.path.join(module.params["root"], "store.lock"), create=not module.check_mode):
             result = image.run()

@@ -335,9 +335,10 @@ NGINX_ROLE = """
     ansible_ns_container_run_dir: "{{ web_run_dir }}"
   changed_when: false
 
-# The image has no Python: raw goes through the connection plugin's exec alone.
-- name: Write the page inside the container
-  ansible.builtin.raw: printf 'configured through the connection plugin\\n' > /usr/share/nginx/html/index.html
+# The image has no Python: raw goes through the connection plugin's exec alone, as the image's user (www-data
+# owns the content directory; the image's own index.html belongs to root).
+- name: Write a page inside the container
+  ansible.builtin.raw: printf 'configured through the connection plugin\\n' > /usr/share/nginx/html/connection.html
   delegate_to: "{{ web_name }}"
   changed_when: true
 """
@@ -375,7 +376,7 @@ def test_a_role_runs_nginx_configures_it_through_the_connection_and_removes_it_w
 
         def page():
             try:
-                with urllib.request.urlopen(f"http://{GATEWAY}:{port}/", timeout=2) as answer:
+                with urllib.request.urlopen(f"http://{GATEWAY}:{port}/connection.html", timeout=2) as answer:
                     return answer.read().decode().strip()
             except OSError:
                 return None
