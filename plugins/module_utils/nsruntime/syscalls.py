@@ -6,10 +6,10 @@ through libc with ctypes. Each checks errno and raises OSError with the path or 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# glibc's soname, loaded directly: ctypes.util.find_library runs ldconfig in a subprocess (tens of ms a start).
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
