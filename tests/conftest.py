@@ -4,6 +4,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,23 @@ def lab():
     assert run(["docker", "network", "inspect", "mooring-lab"]).returncode != 0
     assert run(["docker", "volume", "ls", "-q", "--filter", "label=org.mooring.lab"]).stdout.strip() == ""
     assert not LAB_DIR.exists()
+
+
+@pytest.fixture(scope="session")
+def debian_image(lab, tmp_path_factory):
+    """The lab's Debian image (with Python), from `docker save`, in a runtime store of its own: (Store, record)."""
+    sys.path.insert(0, str(REPO_DIR / "collections"))
+    from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.layers import (  # noqa: PLC0415
+        Store,
+        import_archive,
+    )
+
+    root = tmp_path_factory.mktemp("runtime")
+    archive = root / "image.tar"
+    saved = run(["docker", "save", "-o", str(archive), "mooring/debian-python:bookworm"])
+    assert saved.returncode == 0, saved.stderr
+    store = Store(str(root / "store"))
+    store.ensure()
+    record = import_archive(store, str(archive), "debian")[0]
+    archive.unlink()
+    return store, record

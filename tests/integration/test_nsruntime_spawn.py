@@ -7,29 +7,14 @@ import sys
 
 import pytest
 
-from conftest import REPO_DIR, run
+from conftest import REPO_DIR
 
 sys.path.insert(0, str(REPO_DIR / "collections"))
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import namespaces, overlay
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.layers import Store, import_archive
 
-IMAGE = "mooring/debian-python:bookworm"
 # Docker's default bounding set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE
 # NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
 DOCKER_CAPBND = "00000000a80425fb"
-
-
-@pytest.fixture(scope="module")
-def image(lab, tmp_path_factory):
-    root = tmp_path_factory.mktemp("runtime")
-    archive = root / "image.tar"
-    saved = run(["docker", "save", "-o", str(archive), IMAGE])
-    assert saved.returncode == 0, saved.stderr
-    store = Store(str(root / "store"))
-    store.ensure()
-    record = import_archive(store, str(archive), "debian")[0]
-    archive.unlink()
-    return store, record
 
 
 def run_container(image, container_dir, spec):
@@ -54,13 +39,13 @@ def run_container(image, container_dir, spec):
         assert not os.path.ismount(os.path.join(container_dir, "merged"))
 
 
-def test_the_container_is_isolated_seen_from_inside_and_from_the_host(image, tmp_path):
+def test_the_container_is_isolated_seen_from_inside_and_from_the_host(debian_image, tmp_path):
     script = (
         "echo pid=$$; echo host=$(hostname); echo procs=$(ls /proc | grep -c '^[0-9]');"
         "echo nets=$(ls /sys/class/net); grep CapBnd /proc/self/status; echo mounts; cat /proc/mounts; sleep 0.3"
     )
     code, output, host_view = run_container(
-        image, tmp_path / "c1", {"argv": ["/bin/sh", "-c", script], "hostname": "box1"}
+        debian_image, tmp_path / "c1", {"argv": ["/bin/sh", "-c", script], "hostname": "box1"}
     )
     assert code == 0, output
     assert "pid=1\n" in output
@@ -76,18 +61,18 @@ def test_the_container_is_isolated_seen_from_inside_and_from_the_host(image, tmp
         assert link != os.readlink(f"/proc/self/ns/{kind}"), kind
 
 
-def test_a_failing_exec_is_reported_and_leaves_no_mount(image, tmp_path):
+def test_a_failing_exec_is_reported_and_leaves_no_mount(debian_image, tmp_path):
     with pytest.raises(OSError, match=r"did not start.*no-such-program"):
-        run_container(image, tmp_path / "c2", {"argv": ["no-such-program"], "hostname": "box2"})
+        run_container(debian_image, tmp_path / "c2", {"argv": ["no-such-program"], "hostname": "box2"})
 
 
-def test_read_only_root_user_and_volume(image, tmp_path):
+def test_read_only_root_user_and_volume(debian_image, tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "in").write_text("from the host\n")
     script = "cat /data/in; touch /x 2>/dev/null && echo writable || echo read-only; id -u; touch /data/out || true"
     code, output, _view = run_container(
-        image,
+        debian_image,
         tmp_path / "c3",
         {
             "argv": ["/bin/sh", "-c", script],
