@@ -249,8 +249,13 @@ def test_a_corrupted_blob_in_the_registry_is_rejected(lab, tmp_path):
         digest = manifest["layers"][0]["digest"]
         hex_digest = digest.split(":")[1]
         blob = f"{registry_dir}/blobs/sha256/{hex_digest[:2]}/{hex_digest}/data"
-        corrupt = run(["docker", "exec", REGISTRY, "sh", "-c", f"printf X | dd of={blob} bs=1 seek=100 conv=notrunc"])
+        # 16 random bytes over the same size: the blob changes (checked), the registry still serves it.
+        corrupt = run(
+            ["docker", "exec", REGISTRY, "sh", "-c",
+             f"head -c 16 /dev/urandom | dd of={blob} bs=1 seek=100 conv=notrunc && sha256sum {blob}"]
+        )  # fmt: skip
         assert corrupt.returncode == 0, corrupt.stderr
+        assert corrupt.stdout.split()[0] != hex_digest, "the blob was not corrupted"
 
         failed = run_module("mooring.ops.ns_image", {**args, "name": name})
         assert failed.get("failed") is True, failed["_output"]
