@@ -149,8 +149,9 @@ class NsImage:
         before = self.store.image(name)
         if before and not self.params["force_pull"]:
             return {"changed": False, "image": before}
+        # One client for the question and the pull: one TLS session, one login or token.
+        client = self._client()
         if self.params["force_pull"] and before:
-            client = self._client()
             _registry, repository, tag = parse_reference(name)
             found = client.manifest_raw(repository, tag)
             if found is not None and before["manifest_digest"].endswith(_sha(found[0])):
@@ -159,7 +160,7 @@ class NsImage:
         if self.module.check_mode:
             return result
         self.store.ensure()
-        record = pull(self.store, self._client(), name)
+        record = pull(self.store, client, name)
         self.store.save_image(record)
         if before and before["manifest_digest"] != record["manifest_digest"]:
             self.store.collect_garbage()
