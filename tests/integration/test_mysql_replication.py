@@ -152,10 +152,11 @@ def test_a_duplicate_server_id_fails_before_any_change_and_names_the_hosts(lab):
 def test_a_replica_without_a_primary_fails_and_names_the_host(lab, tmp_path):
     node3 = {
         "lab_node_address": "172.30.0.13",
-        "ansible_connection": "community.docker.docker_api",
-        "ansible_host": f"mooring-lab-{SPARE}",
+        "ansible_host": "172.30.0.13",
         "ansible_python_interpreter": "/usr/bin/python3",
         "ansible_become": False,
+        # group_vars/all.yml derives it from the inventory's place, which is tmp_path here.
+        "lab_state_dir": str(REPO_DIR / ".lab"),
     }
     inventory = {
         "all": {
