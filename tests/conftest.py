@@ -57,6 +57,31 @@ def lab_node(node, *command, timeout=300):
     return run(["docker", "exec", f"mooring-lab-{node}", *command], timeout=timeout)
 
 
+def runtime_residue(name, run_dir):
+    """What a runtime container (mooring.ops.ns_container, mooring-ctr) named name left on this host: its netns,
+    host veth, iptables rules, address lease (under run_dir/network), cgroup, mounts and state directory."""
+    sys.path.insert(0, str(REPO_DIR / "collections"))
+    from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, network  # noqa: PLC0415
+
+    found = []
+    if network.netns_name(name) in run(["ip", "netns", "list"]).stdout:
+        found.append("netns")
+    if run(["ip", "link", "show", network.host_veth(name)]).returncode == 0:
+        found.append("veth")
+    if f"mooring:{name}" in run(["iptables", "-w", "-t", "nat", "-S"]).stdout:
+        found.append("iptables")
+    leases = os.path.join(run_dir, "network", "leases.json")
+    if os.path.exists(leases) and name in json.loads(open(leases).read()):  # noqa: SIM115
+        found.append("lease")
+    if any(os.path.exists(path) for path in cgroups.CgroupV1(name).paths.values()):
+        found.append("cgroup")
+    if name in open("/proc/self/mountinfo").read():  # noqa: SIM115
+        found.append("mount")
+    if os.path.exists(os.path.join(run_dir, "containers", name)):
+        found.append("state")
+    return found
+
+
 @pytest.fixture(scope="session")
 def lab():
     """`make lab` once for the session; `make lab-down` at its end, checking that nothing is left.

@@ -182,43 +182,14 @@ from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.container im
     ContainerError,
     Runtime,
     check_name,
+    parse_ports,
+    parse_restart_policy,
+    parse_volumes,
 )
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.network import NetworkError
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import locked
 
 RUNNING = ("running", "starting")
-
-
-def _ports(values):
-    ports = []
-    for value in values:
-        spec, _slash, protocol = str(value).partition("/")
-        host, _colon, container = spec.rpartition(":")
-        if not (host.isdigit() and container.isdigit() and protocol in ("", "tcp", "udp")):
-            raise ValueError(f"published_ports: {value!r} is not host_port:container_port[/tcp|udp]")
-        if not (0 < int(host) < 65536 and 0 < int(container) < 65536):
-            raise ValueError(f"published_ports: {value!r} has a port outside 1-65535")
-        ports.append({"host_port": int(host), "container_port": int(container), "protocol": protocol or "tcp"})
-    return ports
-
-
-def _volumes(values):
-    volumes = []
-    for value in values:
-        parts = str(value).split(":")
-        if len(parts) not in (2, 3) or not parts[1].startswith("/") or parts[2:] not in ([], ["ro"], ["rw"]):
-            raise ValueError(f"volumes: {value!r} is not host_path:container_path[:ro]")
-        if not os.path.exists(parts[0]):
-            raise ValueError(f"volumes: the host path {parts[0]} does not exist")
-        volumes.append({"source": os.path.realpath(parts[0]), "target": parts[1], "read_only": parts[2:] == ["ro"]})
-    return volumes
-
-
-def _restart_policy(value):
-    name, _colon, count = str(value).partition(":")
-    if name not in ("no", "on-failure", "always") or (count and (name != "on-failure" or not count.isdigit())):
-        raise ValueError(f"restart_policy must be no, on-failure, on-failure:N or always, got {value!r}")
-    return {"name": name, "maximum_retry_count": int(count or 0)}
 
 
 class NsContainer:
@@ -284,11 +255,11 @@ class NsContainer:
                 "pids_limit": params["pids_limit"],
             },
             "network": params["network"],
-            "published_ports": _ports(params["published_ports"]),
-            "volumes": _volumes(params["volumes"]),
+            "published_ports": parse_ports(params["published_ports"]),
+            "volumes": parse_volumes(params["volumes"]),
             "read_only": params["read_only"],
             "tmpfs": list(params["tmpfs"]),
-            "restart_policy": _restart_policy(params["restart_policy"]),
+            "restart_policy": parse_restart_policy(params["restart_policy"]),
             "capabilities": capabilities,
         }
 

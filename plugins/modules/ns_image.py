@@ -88,7 +88,10 @@ EXAMPLES = r"""
 
 RETURN = r"""
 image:
-  description: The image's record in the store (after the run; before it for O(state=absent)).
+  description:
+    - The image's record in the store (after the run; before it for O(state=absent)).
+    - C(manifest_digest) is the linux/amd64 image's manifest; when the tag names a manifest list or an image
+      index, C(index_digest) is that list's digest.
   returned: when the image exists
   type: dict
   sample: {"name": "harbor.lab/mooring/nginx:1.22", "manifest_digest": "sha256:1f0e...", "config_digest":
@@ -154,7 +157,8 @@ class NsImage:
         if self.params["force_pull"] and before:
             _registry, repository, tag = parse_reference(name)
             found = client.manifest_raw(repository, tag)
-            if found is not None and before["manifest_digest"].endswith(_sha(found[0])):
+            named = "sha256:" + _sha(found[0]) if found is not None else None
+            if named in (before["manifest_digest"], before.get("index_digest")):
                 return {"changed": False, "image": before}
         result = {"changed": True, "diff": {"before": _view(before), "after": {"name": name, "pulled": True}}}
         if self.module.check_mode:

@@ -1,6 +1,7 @@
-"""mooring.ops.harbor_image through bearer-token auth, the way Harbor answers: a real distribution registry
-(the lab's registry image) configured for token auth, with tokens from tests/token_issuer.py standing in for
-Harbor's /service/token. The docker engine pushes through the same token flow. Harbor's own API is not involved.
+"""mooring.ops.harbor_image, and ns_image (which shares its registry client), through bearer-token auth as
+Harbor answers: a real distribution registry (the lab's registry image) configured for token auth, with tokens
+from tests/token_issuer.py standing in for Harbor's /service/token. The docker engine pushes through the same
+token flow. Harbor's own API is not involved.
 """
 
 import os
@@ -190,3 +191,30 @@ def test_an_anonymous_token_without_rights_asks_for_credentials(issuer, reposito
     result = push("--check", source=SOURCE, repository=repository, username=None, password=None)
     assert result["failed"] is True
     assert f"the registry {REGISTRY} wants credentials" in result["msg"], result["msg"]
+
+
+def test_ns_image_pulls_through_bearer_tokens_and_checks_tls_against_the_ca_file(issuer, repository, tmp_path):
+    """The runtime's pull (mooring.ops.ns_image) shares harbor.py's registry client: the same token flow."""
+    pushed = push(source=SOURCE, repository=repository)
+    assert pushed["changed"] is True, pushed["_output"]
+    args = {
+        "root": str(tmp_path / "store"),
+        "name": f"{REGISTRY}/{PROJECT}/{repository}:bookworm",
+        "username": USER,
+        "password": PASSWORD,
+        "ca_cert": str(LAB_DIR / "ca" / "ca.crt"),
+    }
+    asked = len(issuer.requests)
+    pulled = run_module("mooring.ops.ns_image", args)
+    assert pulled["changed"] is True, pulled["_output"]
+    assert pulled["image"]["manifest_digest"] == pushed["digest"]
+    local = run(["docker", "image", "inspect", "--format", "{{.Id}}", SOURCE]).stdout.strip()
+    assert pulled["image"]["config_digest"] == local
+    granted = [request for request in issuer.requests[asked:] if request["user"] == USER]
+    assert any(f"repository:{PROJECT}/{repository}:pull" in request["scopes"] for request in granted), granted
+    assert PASSWORD not in pulled["_output"]
+    assert run_module("mooring.ops.ns_image", {**args, "force_pull": True})["changed"] is False
+
+    refused = run_module("mooring.ops.ns_image", {**args, "root": str(tmp_path / "other"), "password": "wrong"})
+    assert refused["failed"] is True
+    assert f"rejected the credentials of user {USER}" in refused["msg"], refused["msg"]

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import LAB_DIR, REPO_DIR, run, run_module
+from conftest import LAB_DIR, REPO_DIR, run, run_module, runtime_residue
 
 sys.path.insert(0, str(REPO_DIR / "collections"))
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, network
@@ -43,23 +43,7 @@ def container(runtime, name=None, **options):
 
 
 def residue(runtime, name):
-    found = []
-    if network.netns_name(name) in run(["ip", "netns", "list"]).stdout:
-        found.append("netns")
-    if run(["ip", "link", "show", network.host_veth(name)]).returncode == 0:
-        found.append("veth")
-    if f"mooring:{name}" in run(["iptables", "-w", "-t", "nat", "-S"]).stdout:
-        found.append("iptables")
-    leases = os.path.join(runtime["run_dir"], "network", "leases.json")
-    if os.path.exists(leases) and name in json.load(open(leases)):  # noqa: SIM115
-        found.append("lease")
-    if any(os.path.exists(path) for path in cgroups.CgroupV1(name).paths.values()):
-        found.append("cgroup")
-    if name in open("/proc/self/mountinfo").read():  # noqa: SIM115
-        found.append("mount")
-    if os.path.exists(os.path.join(runtime["run_dir"], "containers", name)):
-        found.append("state")
-    return found
+    return runtime_residue(name, runtime["run_dir"])
 
 
 @pytest.fixture

@@ -265,3 +265,86 @@ def test_a_corrupted_blob_in_the_registry_is_rejected(lab, tmp_path):
     finally:
         run(["docker", "rmi", name])
         run(["docker", "exec", REGISTRY, "rm", "-rf", f"{registry_dir}/repositories/library/corrupt-test"])
+
+
+def _put_multi_platform(args, target, media_type):
+    """In harbor.lab, the repository target gets the probe's linux/amd64 manifest and a linux/arm64 one of its own
+    (the same layers, a config that says arm64), then two tags: `multi`, a list of both with arm64 first, and
+    `armonly`. Blobs are mounted from the probe's repository, as a registry client would. Returns the amd64
+    manifest's digest and config digest."""
+    auth, ca, base = ("mooring", args["password"]), args["ca_cert"], "https://harbor.lab/v2"
+    source = "library/debian-python"
+    fetched = requests.get(
+        f"{base}/{source}/manifests/bookworm",
+        auth=auth, verify=ca, timeout=30, headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )  # fmt: skip
+    assert fetched.status_code == 200, fetched.text
+    raw, manifest_type = fetched.content, fetched.headers["Content-Type"]
+    manifest = json.loads(raw)
+
+    def put_manifest(reference, body, content_type):
+        answer = requests.put(
+            f"{base}/{target}/manifests/{reference}",
+            data=body, auth=auth, verify=ca, timeout=30, headers={"Content-Type": content_type},
+        )  # fmt: skip
+        assert answer.status_code == 201, answer.text
+
+    for blob in [manifest["config"], *manifest["layers"]]:
+        mounted = requests.post(
+            f"{base}/{target}/blobs/uploads/",
+            params={"mount": blob["digest"], "from": source}, auth=auth, verify=ca, timeout=60,
+        )  # fmt: skip
+        assert mounted.status_code == 201, mounted.text
+    put_manifest(sha(raw), raw, manifest_type)
+
+    config = requests.get(f"{base}/{source}/blobs/{manifest['config']['digest']}", auth=auth, verify=ca, timeout=30)
+    arm_config = json.dumps({**config.json(), "architecture": "arm64"}).encode()
+    started = requests.post(f"{base}/{target}/blobs/uploads/", auth=auth, verify=ca, timeout=30)
+    assert started.status_code == 202, started.text
+    finished = requests.put(
+        requests.compat.urljoin(f"{base}/", started.headers["Location"]),
+        params={"digest": sha(arm_config)}, data=arm_config, auth=auth, verify=ca, timeout=30,
+        headers={"Content-Type": "application/octet-stream"},
+    )  # fmt: skip
+    assert finished.status_code == 201, finished.text
+    arm_raw = json.dumps(
+        {**manifest, "config": {**manifest["config"], "digest": sha(arm_config), "size": len(arm_config)}}
+    ).encode()
+    put_manifest(sha(arm_raw), arm_raw, manifest_type)
+
+    def entry(body, architecture):
+        platform = {"os": "linux", "architecture": architecture}
+        return {"mediaType": manifest_type, "digest": sha(body), "size": len(body), "platform": platform}
+
+    for tag, entries in (
+        ("multi", [entry(arm_raw, "arm64"), entry(raw, "amd64")]),
+        ("armonly", [entry(arm_raw, "arm64")]),
+    ):
+        put_manifest(tag, json.dumps({"schemaVersion": 2, "mediaType": media_type, "manifests": entries}), media_type)
+    return sha(raw), manifest["config"]["digest"]
+
+
+@pytest.mark.parametrize(
+    "media_type",
+    ["application/vnd.docker.distribution.manifest.list.v2+json", "application/vnd.oci.image.index.v1+json"],
+)
+def test_a_manifest_list_or_an_image_index_yields_its_linux_amd64_image(lab, tmp_path, media_type):
+    args = registry_args(tmp_path / "store")
+    repository = f"library/multi-{uuid.uuid4().hex[:8]}"
+    try:
+        manifest_digest, config_digest = _put_multi_platform(args, repository, media_type)
+        name = f"harbor.lab/{repository}:multi"
+        pulled = run_module("mooring.ops.ns_image", {**args, "name": name})
+        assert pulled["changed"] is True, pulled["_output"]
+        assert pulled["image"]["manifest_digest"] == manifest_digest
+        assert pulled["image"]["config_digest"] == config_digest
+        assert pulled["image"]["index_digest"] != manifest_digest
+        forced = run_module("mooring.ops.ns_image", {**args, "name": name, "force_pull": True}, "--check")
+        assert forced["changed"] is False, forced["_output"]
+
+        failed = run_module("mooring.ops.ns_image", {**args, "name": f"harbor.lab/{repository}:armonly"})
+        assert failed.get("failed") is True
+        assert f"harbor.lab/{repository}:armonly has no linux/amd64 image" in failed["msg"]
+    finally:
+        registry_dir = "/var/lib/docker-registry/docker/registry/v2"
+        run(["docker", "exec", REGISTRY, "rm", "-rf", f"{registry_dir}/repositories/{repository}"])

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import REPO_DIR, run
+from conftest import REPO_DIR, run, runtime_residue
 
 sys.path.insert(0, str(REPO_DIR / "collections"))
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import namespaces, network, overlay
@@ -25,16 +25,7 @@ def net(tmp_path):
 
 
 def residue(net, name):
-    found = []
-    if network.netns_name(name) in run(["ip", "netns", "list"]).stdout:
-        found.append("netns")
-    if run(["ip", "link", "show", network.host_veth(name)]).returncode == 0:
-        found.append("veth")
-    if f"mooring:{name}" in run(["iptables", "-t", "nat", "-S"]).stdout:
-        found.append("iptables rule")
-    if name in net.leases():
-        found.append("lease")
-    return found
+    return runtime_residue(name, os.path.dirname(net.state_dir))
 
 
 @contextlib.contextmanager

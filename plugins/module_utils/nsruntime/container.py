@@ -8,12 +8,14 @@
 
 The shim is the module's own process, forked twice into a new session with its stdio on /dev/null (so Ansible
 does not wait for it): it sets up the network, mounts the rootfs, makes the cgroup, spawns PID 1 inside it, waits,
-records the exit status, undoes all of it in reverse order, and applies the restart policy.
+records the exit status, undoes all of it in reverse order, and applies the restart policy. `mooring-ctr run`
+without -d is its own shim instead (run_attached): no fork, and the output reaches the terminal as it comes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -52,12 +54,52 @@ def _alive(pid):
     return True
 
 
+def parse_ports(values):
+    """["8080:80", "5353:53/udp"] -> port dicts; ValueError naming published_ports otherwise."""
+    ports = []
+    for value in values:
+        spec, _slash, protocol = str(value).partition("/")
+        host, _colon, container = spec.rpartition(":")
+        if not (host.isdigit() and container.isdigit() and protocol in ("", "tcp", "udp")):
+            raise ValueError(f"published_ports: {value!r} is not host_port:container_port[/tcp|udp]")
+        if not (0 < int(host) < 65536 and 0 < int(container) < 65536):
+            raise ValueError(f"published_ports: {value!r} has a port outside 1-65535")
+        ports.append({"host_port": int(host), "container_port": int(container), "protocol": protocol or "tcp"})
+    return ports
+
+
+def parse_volumes(values):
+    """["/host:/in", "/host:/in:ro"] -> volume dicts, the host path resolved; ValueError naming volumes."""
+    volumes = []
+    for value in values:
+        parts = str(value).split(":")
+        if len(parts) not in (2, 3) or not parts[1].startswith("/") or parts[2:] not in ([], ["ro"], ["rw"]):
+            raise ValueError(f"volumes: {value!r} is not host_path:container_path[:ro]")
+        if not os.path.exists(parts[0]):
+            raise ValueError(f"volumes: the host path {parts[0]} does not exist")
+        volumes.append({"source": os.path.realpath(parts[0]), "target": parts[1], "read_only": parts[2:] == ["ro"]})
+    return volumes
+
+
+def parse_restart_policy(value):
+    """no | on-failure[:N] | always -> {name, maximum_retry_count}; ValueError naming restart_policy."""
+    name, _colon, count = str(value).partition(":")
+    if name not in ("no", "on-failure", "always") or (count and (name != "on-failure" or not count.isdigit())):
+        raise ValueError(f"restart_policy must be no, on-failure, on-failure:N or always, got {value!r}")
+    return {"name": name, "maximum_retry_count": int(count or 0)}
+
+
 class Runtime:
     def __init__(self, root="/var/lib/mooring", run_dir="/run/mooring", bridge=network.BRIDGE, subnet=network.SUBNET):
         self.root = root
         self.run_dir = run_dir
         self.store = Store(root)
-        self.network = network.Network(os.path.join(run_dir, "network"), bridge, subnet)
+        self._network_settings = (os.path.join(run_dir, "network"), bridge, subnet)
+
+    @functools.cached_property
+    def network(self):
+        """The bridge's manager, made when a bridged container needs it."""
+        return network.Network(*self._network_settings)
 
     # -- files ------------------------------------------------------------------------------------------------
     def state_dir(self, name):
@@ -138,14 +180,32 @@ class Runtime:
             raise ContainerError(f"{name}: {state['error']}")
         return state
 
-    def _supervise(self, name):
+    def run_attached(self, name, echo):
+        """`mooring-ctr run` without -d: this process is the shim, and the output also goes to ``echo`` (an fd)
+        as it comes. SIGINT and SIGTERM are passed on to PID 1, as `docker run` does. Returns the final state."""
+
+        def forward(signum, _frame):
+            init = self._read(name, "state.json").get("pid")
+            if init and _alive(init):
+                os.kill(init, signum)
+
+        self.update_state(name, status="starting", error=None, stop_requested=False)
+        previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._supervise(name, echo)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return self.state(name)
+
+    def _supervise(self, name, echo=None):
         """The shim: run the container, record how it ended, restart it as its policy says."""
         config = self.config(name)
         policy = config.get("restart_policy") or {"name": "no"}
         self.update_state(name, shim_pid=os.getpid())
         restarts = self._read(name, "state.json").get("restart_count", 0)
         while True:
-            code, error, oom = self._run_once(name, config, restarts)
+            code, error, oom = self._run_once(name, config, restarts, echo)
             state = self._read(name, "state.json")
             stop = state.get("stop_requested")
             again = not stop and not error and (
@@ -162,7 +222,7 @@ class Runtime:
             restarts += 1
             time.sleep(min(0.1 * 2**restarts, 2))
 
-    def _run_once(self, name, config, restarts):
+    def _run_once(self, name, config, restarts, echo=None):
         record = self.store.image(config["image"])
         with contextlib.ExitStack() as stack:
             try:
@@ -187,13 +247,16 @@ class Runtime:
                 # and the shim copies it to the log.
                 output, output_write = os.pipe()
                 stack.callback(os.close, output)
+                # No stdin, as `docker run` without -i (an attached run must not read the terminal).
+                stdin = os.open(os.devnull, os.O_RDONLY)
+                stack.callback(os.close, stdin)
                 volumes = [{"source": s, "target": t, "read_only": False} for t, s in etc.items()]
                 spec = {
                     "rootfs": merged, "argv": config["argv"], "env": config["env"], "hostname": config["hostname"],
                     "working_dir": config["working_dir"], "user": config["user"], "read_only": config["read_only"],
                     "tmpfs": config["tmpfs"], "volumes": config["volumes"] + volumes,
                     "capabilities": config["capabilities"], "network": config["network"],
-                    "netns": info.get("netns"), "stdio": (None, output_write, output_write),
+                    "netns": info.get("netns"), "stdio": (stdin, output_write, output_write),
                 }  # fmt: skip
                 try:
                     helper, init = namespaces.spawn(spec, before_release=group.add)
@@ -205,6 +268,8 @@ class Runtime:
                 )  # fmt: skip
                 while chunk := os.read(output, 65536):
                     os.write(log, chunk)
+                    if echo is not None:
+                        os.write(echo, chunk)
                 _pid, status = os.waitpid(helper, 0)
                 code = os.waitstatus_to_exitcode(status)
                 # The helper exits 128+N when PID 1 was killed by signal N.
@@ -245,8 +310,10 @@ class Runtime:
         state = self.state(name)
         if state and state.get("status") in ("running", "paused", "starting"):
             self.stop(name, timeout)
-        # Whatever a crashed shim left: network, mount, cgroup.
-        self.network.teardown(name)
+        # Whatever a crashed shim left: network, mount, cgroup. Only a bridged container has network to undo.
+        config = self.config(name)
+        if config is None or config.get("network") == "bridge":
+            self.network.teardown(name)
         overlay.unmount_rootfs(self.data_dir(name))
         with contextlib.suppress(cgroups.CgroupError):
             cgroups.detect(name).remove()

@@ -15,13 +15,11 @@ Images come from a registry v2 (module_utils/harbor.py's client: basic or bearer
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
 import shutil
 import stat
-import tarfile
 import tempfile
 
 DIGEST_PREFIX = "sha256:"
@@ -131,6 +129,10 @@ class Store:
         target = self.layer_path(diff_id)
         if os.path.isdir(target):
             return target
+        # Imported here, as in import_archive: `mooring-ctr run` reads the store without paying for them.
+        import gzip  # noqa: PLC0415
+        import tarfile  # noqa: PLC0415
+
         staging = tempfile.mkdtemp(dir=self.tmp_dir)
         try:
             with open(self.blob_path(blob_digest), "rb") as raw:
@@ -266,7 +268,9 @@ def pull(store, client, reference, platform=PLATFORM):
     if tag.startswith(DIGEST_PREFIX) and digest != tag:
         raise ImageError(f"{reference}: the manifest's sha256 is {digest}; rejected")
     manifest = json.loads(raw)
+    index_digest = None
     if media_type in INDEX_TYPES or "manifests" in manifest:
+        index_digest = digest
         chosen = [
             entry["digest"]
             for entry in manifest.get("manifests", [])
@@ -295,11 +299,17 @@ def pull(store, client, reference, platform=PLATFORM):
             store.put_blob(layer["digest"], _chunks(client.blob(repository, layer["digest"])), what)
         store.unpack(layer["digest"], diff_id, what)
         layers.append({"blob": layer["digest"], "diff_id": diff_id})
-    return _record(reference, digest, config_digest, config, layers)
+    record = _record(reference, digest, config_digest, config, layers)
+    if index_digest:
+        # What the tag names when it names a manifest list or an index: force_pull compares against it.
+        record["index_digest"] = index_digest
+    return record
 
 
 def import_archive(store, path, name=None):
     """Import a `docker save` archive (Docker's layout, or the OCI layout of Docker 25+); return the records."""
+    import tarfile  # noqa: PLC0415
+
     records = []
     try:
         with tarfile.open(path) as archive:

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import ipaddress
 import json
 import os
 import shlex
-import socket
-import subprocess
 
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import locked
 
@@ -37,6 +34,8 @@ class NetworkError(Exception):
 
 
 def _run(*argv, check=True):
+    import subprocess  # noqa: PLC0415 - the CLI's start pays for subprocess only when a bridge is involved
+
     process = subprocess.run(argv, capture_output=True, text=True, check=False)
     if check and process.returncode != 0:
         raise NetworkError(f"{' '.join(argv)}: {process.stderr.strip() or process.stdout.strip()}")
@@ -44,6 +43,8 @@ def _run(*argv, check=True):
 
 
 def _batch(options, commands):
+    import subprocess  # noqa: PLC0415
+
     process = subprocess.run(
         ["ip", *options, "-batch", "-"], input="\n".join(commands) + "\n", capture_output=True, text=True, check=False
     )
@@ -63,6 +64,8 @@ class Network:
     def __init__(self, state_dir="/run/mooring/network", bridge=BRIDGE, subnet=SUBNET):
         self.state_dir = state_dir
         self.bridge = bridge
+        import ipaddress  # noqa: PLC0415
+
         self.subnet = ipaddress.ip_network(subnet)
         self.gateway = next(self.subnet.hosts())
         self.leases_file = os.path.join(state_dir, "leases.json")
@@ -149,6 +152,8 @@ class Network:
     @staticmethod
     def check_ports(published_ports):
         """Refuse a host port that something already listens on (before anything is created)."""
+        import socket  # noqa: PLC0415
+
         for port in published_ports:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
