@@ -57,6 +57,7 @@ class _HttpClient:
         self.verify = (ca_cert or True) if validate_certs else False
         self.ca_cert = ca_cert
         self._session = requests.Session()
+        self.plain_http_fallback = False
 
     def _send(self, method, url, headers, auth=None, **kwargs):
         try:
@@ -64,6 +65,15 @@ class _HttpClient:
                 method, url, headers=headers, auth=auth, verify=self.verify, timeout=self.timeout, **kwargs
             )
         except requests.exceptions.SSLError as exc:
+            if self.plain_http_fallback and not self.verify and url.startswith(self.base_url + "/"):
+                # An insecure registry, as docker's insecure-registries treats one: https without verification
+                # first, then plain http when the server does not speak TLS at all.
+                self.base_url = "http://" + self.base_url.removeprefix("https://")
+                return self._send(method, "http://" + url.removeprefix("https://"), headers, auth=auth, **kwargs)
+            if "WRONG_VERSION_NUMBER" in str(exc):
+                raise RegistryError(
+                    f"{self.registry} does not speak TLS: an insecure (plain http) registry needs validate_certs=false"
+                ) from exc
             hint = "" if self.ca_cert else "; give the registry's CA with ca_cert (or validate_certs=false)"
             raise RegistryError(f"the TLS certificate of {self.registry} is not trusted{hint}: {exc}") from exc
         except requests.exceptions.ConnectionError as exc:
@@ -82,6 +92,7 @@ class RegistryClient(_HttpClient):
 
     def __init__(self, registry, **options):
         super().__init__(f"https://{registry}", registry, **options)
+        self.plain_http_fallback = True
         self._tokens = {}
         self._scheme = None
         self._bearer = None

@@ -46,7 +46,11 @@ options:
     description: Password or robot secret. Never logged.
     type: str
   validate_certs:
-    description: Verify the registry's TLS certificate for the module's own API calls.
+    description:
+      - Verify the registry's TLS certificate for the module's own API calls.
+      - V(false) treats the registry as docker's C(insecure-registries) does - https without verification, and
+        plain http when the registry does not speak TLS. The daemon, which pushes, needs the registry in its own
+        C(insecure-registries) (docker_host's C(docker_host_insecure_registries)).
     type: bool
     default: true
   ca_cert:

@@ -53,7 +53,10 @@ options:
     description: The CA that signed the registry's certificate.
     type: path
   validate_certs:
-    description: Verify the registry's TLS certificate (false for an insecure registry).
+    description:
+      - Verify the registry's TLS certificate.
+      - V(false) treats the registry as docker's C(insecure-registries) does - https without verification, and
+        plain http when the registry does not speak TLS (credentials then travel unencrypted).
     type: bool
     default: true
 attributes:

@@ -1,12 +1,14 @@
 """mooring.ops.ns_image and the runtime's layer store (plugins/module_utils/nsruntime/layers.py): real files,
 real overlay mounts of the unpacked layers, a real registry (harbor.lab) and a real `docker save` archive."""
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import sys
 import tarfile
+import time
 import uuid
 
 import pytest
@@ -348,3 +350,47 @@ def test_a_manifest_list_or_an_image_index_yields_its_linux_amd64_image(lab, tmp
     finally:
         registry_dir = "/var/lib/docker-registry/docker/registry/v2"
         run(["docker", "exec", REGISTRY, "rm", "-rf", f"{registry_dir}/repositories/{repository}"])
+
+
+def test_an_insecure_registry_is_pulled_from_over_plain_http_only_when_asked(lab, tmp_path):
+    """The course notes' registry without TLS: validate_certs=false reaches it as docker's insecure-registries
+    would (https first, then http); the default refuses and says what to set. The engine pushes to it on
+    127.0.0.1, which docker treats as insecure without any daemon.json change."""
+    port = 15000 + os.getpid() % 500
+    container = f"mooring-test-plain-registry-{uuid.uuid4().hex[:8]}"
+    config = tmp_path / "registry"
+    config.mkdir()
+    config.chmod(0o755)
+    (config / "config.yml").write_text(
+        "version: 0.1\nstorage:\n  filesystem: {rootdirectory: /var/lib/docker-registry}\nhttp:\n  addr: :5000\n"
+    )
+    (config / "config.yml").chmod(0o644)
+    name = f"127.0.0.1:{port}/library/probe:plain"
+    try:
+        started = run(
+            ["docker", "run", "-d", "--name", container, "-p", f"127.0.0.1:{port}:5000",
+             "-v", f"{config}:/etc/docker/registry:ro", "mooring/lab-registry:bookworm"]
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        for _attempt in range(60):
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(f"http://127.0.0.1:{port}/v2/", timeout=5).status_code == 200:
+                    break
+            time.sleep(0.5)
+        assert run(["docker", "tag", "mooring/debian-python:bookworm", name]).returncode == 0
+        pushed = run(["docker", "push", name])
+        assert pushed.returncode == 0, pushed.stderr
+
+        refused = run_module("mooring.ops.ns_image", {"root": str(tmp_path / "store"), "name": name})
+        assert refused.get("failed") is True
+        assert "does not speak TLS" in refused["msg"] and "validate_certs=false" in refused["msg"], refused["msg"]
+
+        pulled = run_module(
+            "mooring.ops.ns_image", {"root": str(tmp_path / "store"), "name": name, "validate_certs": False}
+        )
+        assert pulled["changed"] is True, pulled["_output"]
+        local = run(["docker", "image", "inspect", "--format", "{{.Id}}", name]).stdout.strip()
+        assert pulled["image"]["config_digest"] == local
+    finally:
+        run(["docker", "rm", "-f", "-v", container])
+        run(["docker", "rmi", name])

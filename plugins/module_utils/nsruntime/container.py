@@ -230,10 +230,9 @@ class Runtime:
                     raise ContainerError(f"image {config['image']} is not in the store; pull it with ns_image")
                 info = {"ip": None}
                 if config["network"] == "bridge":
-                    stack.callback(self.network.teardown, name)
                     info = self.network.setup(name, config["published_ports"], config["hostname"], stack)
                 etc = network.write_etc(self.data_dir(name), config["hostname"], info["ip"])
-                merged = overlay.mount_rootfs(self.store, record, self.data_dir(name))
+                merged = overlay.mount_rootfs(self.store, record, self.data_dir(name), config.get("volatile", False))
                 stack.callback(overlay.unmount_rootfs, self.data_dir(name), True)
                 group = cgroups.detect(name)
                 group.create()
@@ -313,7 +312,7 @@ class Runtime:
         # Whatever a crashed shim left: network, mount, cgroup. Only a bridged container has network to undo.
         config = self.config(name)
         if config is None or config.get("network") == "bridge":
-            self.network.teardown(name)
+            self.network.teardown(name, published=config is None or bool(config.get("published_ports")))
         overlay.unmount_rootfs(self.data_dir(name))
         with contextlib.suppress(cgroups.CgroupError):
             cgroups.detect(name).remove()

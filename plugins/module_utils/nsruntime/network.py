@@ -42,13 +42,13 @@ def _run(*argv, check=True):
     return process
 
 
-def _batch(options, commands):
+def _batch(options, commands, check=True):
     import subprocess  # noqa: PLC0415
 
     process = subprocess.run(
         ["ip", *options, "-batch", "-"], input="\n".join(commands) + "\n", capture_output=True, text=True, check=False
     )
-    if process.returncode != 0:
+    if check and process.returncode != 0:
         raise NetworkError(f"ip {' '.join(options)} -batch: {process.stderr.strip()}")
 
 
@@ -168,20 +168,21 @@ class Network:
         """Create the container's namespace, veth and rules; push their undoing on stack (an ExitStack)."""
         self.check_ports(published_ports)
         self.ensure_bridge()
+        namespace, veth = netns_name(name), host_veth(name)
+        if self._links_left(name):
+            # A shim that died without cleaning up: its rules, veth and namespace go first.
+            self.teardown(name)
         address = self.lease(name)
         stack.callback(self.release, name)
-        namespace, veth = netns_name(name), host_veth(name)
-        _run("ip", "netns", "add", namespace)
-        stack.callback(_run, "ip", "netns", "delete", namespace, check=False)
-        stack.callback(_run, "ip", "link", "delete", veth, check=False)
-        # Two `ip -batch` runs instead of eight processes: one on the host, one inside the namespace.
+        # Two `ip -batch` processes, not eight: one on the host (the namespace, and a veth pair whose other end is
+        # born inside it as eth0), one inside the namespace. Undone by one more, which goes on past what is gone.
+        stack.callback(self._remove_links, name)
         _batch([], [
-            f"link add {veth} type veth peer name {veth}c",
+            f"netns add {namespace}",
+            f"link add {veth} type veth peer name eth0 netns {namespace}",
             f"link set {veth} master {self.bridge} up",
-            f"link set {veth}c netns {namespace}",
         ])  # fmt: skip
         _batch(["-n", namespace], [
-            f"link set {veth}c name eth0",
             f"addr add {address}/{self.subnet.prefixlen} dev eth0",
             "link set eth0 up",
             "link set lo up",
@@ -194,6 +195,14 @@ class Network:
         return {"ip": address, "netns": f"/run/netns/{namespace}", "veth": veth, "hostname": hostname}
 
     @staticmethod
+    def _links_left(name):
+        return os.path.exists(f"/run/netns/{netns_name(name)}") or os.path.exists(f"/sys/class/net/{host_veth(name)}")
+
+    @staticmethod
+    def _remove_links(name):
+        _batch(["-force"], [f"link delete {host_veth(name)}", f"netns delete {netns_name(name)}"], check=False)
+
+    @staticmethod
     def _dnat_rule(name, address, port):
         return [
             "-p", port.get("protocol", "tcp"), "--dport", str(port["host_port"]),
@@ -201,14 +210,16 @@ class Network:
             "-j", "DNAT", "--to-destination", f"{address}:{port['container_port']}",
         ]  # fmt: skip
 
-    def teardown(self, name):
-        """Remove everything setup made for name, whatever is left of it (idempotent)."""
-        for rule in _run("iptables", "-w", "-t", "nat", "-S", NAT_CHAIN, check=False).stdout.splitlines():
-            words = shlex.split(rule)
-            if "--comment" in words and words[words.index("--comment") + 1] == f"mooring:{name}":
-                _run("iptables", "-w", "-t", "nat", "-D", *words[1:], check=False)
-        _run("ip", "link", "delete", host_veth(name), check=False)
-        _run("ip", "netns", "delete", netns_name(name), check=False)
+    def teardown(self, name, published=True):
+        """Remove everything setup made for name, whatever is left of it (idempotent). published=False says that
+        the container publishes no port: then there is no rule of its to look for."""
+        if published:
+            for rule in _run("iptables", "-w", "-t", "nat", "-S", NAT_CHAIN, check=False).stdout.splitlines():
+                words = shlex.split(rule)
+                if "--comment" in words and words[words.index("--comment") + 1] == f"mooring:{name}":
+                    _run("iptables", "-w", "-t", "nat", "-D", *words[1:], check=False)
+        if self._links_left(name):
+            self._remove_links(name)
         self.release(name)
 
 
