@@ -40,6 +40,9 @@ def remove_hosts():
     names = [PREFIX + host for host in HOSTS]
     subprocess.run(["docker", "rm", "-f", *names], capture_output=True, check=False)
     subprocess.run(["docker", "volume", "rm", *[f"{name}-docker" for name in names]], capture_output=True, check=False)
+    # The next round's hosts answer at the same addresses: no ssh master of the removed ones may serve them.
+    for socket in (REPO_DIR / ".lab" / "ssh").glob("cm-*"):
+        socket.unlink(missing_ok=True)
 
 
 def fresh_hosts(hosts):
