@@ -29,9 +29,9 @@ def residue(net, name):
 
 
 @contextlib.contextmanager
-def container(image, net, tmp_path, argv, published_ports=()):
+def container(image, net, tmp_path, argv, published_ports=(), name=None):
     store, record = image
-    name = f"t{uuid.uuid4().hex[:8]}"
+    name = name or f"t{uuid.uuid4().hex[:8]}"
     directory = tmp_path / name
     with contextlib.ExitStack() as stack:
         stack.callback(net.teardown, name)
@@ -94,6 +94,27 @@ def test_a_published_port_answers_from_the_host(debian_image, net, tmp_path):
         assert wait_for(f"http://{net.gateway}:{port}/etc/hostname").strip() == server["name"]
         outside = run(["ip", "-4", "route", "get", "1.1.1.1"]).stdout.split("src ")[1].split()[0]
         assert wait_for(f"http://{outside}:{port}/etc/hostname").strip() == server["name"]
+
+
+def test_what_a_dead_container_left_is_cleared_before_its_name_runs_again(debian_image, net, tmp_path):
+    """A shim killed before it cleaned up leaves a namespace, a veth and a lease; a reboot with saved iptables
+    rules (iptables-persistent) leaves a DNAT rule alone. The next start of the name clears both first: the stale
+    rule for the same port would otherwise win over the new one."""
+    port = 18000 + (os.getpid() + 500) % 1000
+    name = f"t{uuid.uuid4().hex[:8]}"
+    stale = ["-p", "tcp", "--dport", str(port), "-m", "comment", "--comment", f"mooring:{name}",
+             "-j", "DNAT", "--to-destination", "10.89.0.250:8000"]  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        net.setup(name, [], name, stack)
+        stack.pop_all()
+    assert {"lease", "netns", "veth"} <= set(residue(net, name))
+    assert run(["iptables", "-w", "-t", "nat", "-A", network.NAT_CHAIN, *stale]).returncode == 0
+
+    published = [{"host_port": port, "container_port": 8000}]
+    with container(debian_image, net, tmp_path, SERVE, published, name=name) as server:
+        assert wait_for(f"http://{net.gateway}:{port}/etc/hostname").strip() == name
+        rules = [rule for rule in run(["iptables", "-w", "-t", "nat", "-S"]).stdout.splitlines() if name in rule]
+        assert len(rules) == 1 and f"{server['ip']}:8000" in rules[0], rules
 
 
 def test_a_taken_port_fails_first_naming_the_option_and_leaves_nothing(debian_image, net, tmp_path):

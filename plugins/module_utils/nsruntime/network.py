@@ -169,8 +169,9 @@ class Network:
         self.check_ports(published_ports)
         self.ensure_bridge()
         namespace, veth = netns_name(name), host_veth(name)
-        if self._links_left(name):
-            # A shim that died without cleaning up: its rules, veth and namespace go first.
+        if self._links_left(name) or published_ports:
+            # What a shim that died left, or rules of this name that outlived their namespace (restored at boot by
+            # iptables-persistent, say), goes first: a stale DNAT for the same port would win over the new one.
             self.teardown(name)
         address = self.lease(name)
         stack.callback(self.release, name)
