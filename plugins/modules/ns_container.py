@@ -187,7 +187,6 @@ from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.container im
     parse_volumes,
 )
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.network import NetworkError
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import locked
 
 RUNNING = ("running", "starting")
 
@@ -319,8 +318,11 @@ class NsContainer:
         shown = {"started": "running", "stopped": "exited"}.get(target, target)
         diff = {"before": {"state": before.get("state", "absent")}, "after": {"state": shown}}
         if changes:
-            diff["before"].update({key: (self.runtime.config(self.name) or {}).get(key) for key in changes})
-            diff["after"].update({key: self.wanted()[key] for key in changes})
+            existing = self.runtime.config(self.name) or {}
+            diff["before"].update({key: existing.get(key) for key in changes})
+            diff["after"].update({key: wanted[key] for key in changes})
+            if "env" in changes:
+                diff["before"]["env"], diff["after"]["env"] = _hidden_env(existing.get("env") or {}, wanted["env"])
         if not actions or self.module.check_mode:
             return {"changed": bool(actions), "actions": actions, "container": before, "diff": diff}
         for action in actions:
@@ -354,6 +356,15 @@ class NsContainer:
             self.runtime.pause(self.name, True)
         elif action == "unpause":
             self.runtime.pause(self.name, False)
+
+
+def _hidden_env(before, after):
+    """Environment values often carry secrets: a diff shows the keys, and which of them changed, never a value."""
+    hidden = "********"
+    return (
+        {key: hidden for key in before},
+        {key: hidden if before.get(key) == value else f"{hidden} (changed)" for key, value in after.items()},
+    )
 
 
 def main():
@@ -403,7 +414,7 @@ def main():
     container = NsContainer(module)
     try:
         check_name(module.params["name"])
-        with locked(os.path.join(module.params["run_dir"], "locks", module.params["name"] + ".lock")):
+        with container.runtime.lock(module.params["name"]):
             result = container.run()
     except (ValueError, ContainerError, NetworkError, cgroups.CgroupError, OSError) as exc:
         module.fail_json(msg=str(exc))

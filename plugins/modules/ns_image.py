@@ -241,6 +241,10 @@ def main():
         required_if=[("state", "absent", ("name",))],
         supports_check_mode=True,
     )
+    if module.params["archive"] is not None and not module.params["archive"].strip():
+        module.fail_json(msg="archive must be the path of a docker save archive, got an empty string")
+    if module.params["name"] is not None and not module.params["name"].strip():
+        module.fail_json(msg="name must be an image reference such as harbor.example.com/project/name:tag, got ''")
     image = NsImage(module)
     try:
         if module.params["state"] == "present" and not module.params["archive"]:

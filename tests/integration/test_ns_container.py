@@ -5,6 +5,7 @@ ns_image. Every test checks that what it made is gone afterwards."""
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -205,16 +206,29 @@ def test_a_published_port_answers_and_two_containers_reach_each_other(runtime, n
     assert out.decode().strip() == server
 
 
-def test_a_second_identical_task_changes_nothing_and_a_changed_env_recreates(runtime, named):
+def test_a_second_identical_task_changes_nothing_and_a_changed_env_recreates_with_its_values_hidden(runtime, named):
     name = named()
-    options = {"image": "debian", "command": "sleep 120", "env": {"MODE": "one"}, "memory": "128m", "stop_timeout": 1}
+    secret = "s3cr3t-" + os.urandom(4).hex()
+    options = {"image": "debian", "command": "sleep 120", "env": {"MODE": "one", "TOKEN": secret}, "memory": "128m",
+               "stop_timeout": 1}  # fmt: skip
     first = container(runtime, name, **options)
     assert first["changed"] is True
     again = container(runtime, name, **options)
     assert again["changed"] is False, again
-    changed = container(runtime, name, **{**options, "env": {"MODE": "two"}})
+    changed = container(runtime, name, **{**options, "env": {"MODE": "two", "TOKEN": secret}})
     assert changed["changed"] is True and changed["actions"] == ["remove", "create", "start"]
-    assert changed["diff"]["after"]["env"]["MODE"] == "two" and changed["diff"]["before"]["env"]["MODE"] == "one"
+    # The diff names the keys and which changed, never a value; the state files are root's alone.
+    after, before = changed["diff"]["after"]["env"], changed["diff"]["before"]["env"]
+    assert after["MODE"] == "******** (changed)" and after["TOKEN"] == "********" and "PATH" in after
+    assert set(before.values()) == {"********"} and set(after.values()) == {"********", "******** (changed)"}
+    assert secret not in json.dumps(changed["diff"]) and "two" not in json.dumps(changed["diff"])
+    for path in (
+        os.path.join(runtime["run_dir"], "containers", name),
+        os.path.join(runtime["root"], "containers", name),
+    ):
+        for entry in os.listdir(path):
+            if entry.endswith(".json"):
+                assert stat.S_IMODE(os.stat(os.path.join(path, entry)).st_mode) == 0o600, entry
     _code, out, _err = rt(runtime).exec(name, ["/bin/sh", "-c", "echo $MODE"])
     assert out.decode().strip() == "two"
 

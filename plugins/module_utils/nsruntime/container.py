@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import tempfile
 import time
 
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, namespaces, network, overlay
@@ -109,7 +110,13 @@ class Runtime:
         return os.path.join(self.root, "containers", name)
 
     def lock(self, name):
-        return locked(os.path.join(self.state_dir(name), "lock"))
+        """The container's operation lock: one module run or CLI verb at a time changes a container. It lives
+        beside the state directory, not in it, so that a remove does not pull it from under a waiter."""
+        return locked(os.path.join(self.run_dir, "locks", name + ".lock"))
+
+    def _state_lock(self, name):
+        """Held for each read-change-write of state.json (the shim, stop and the CLI all write it)."""
+        return locked(os.path.join(self.run_dir, "locks", name + ".state.lock"))
 
     def _read(self, name, what):
         try:
@@ -119,10 +126,16 @@ class Runtime:
             return None
 
     def _write(self, name, what, value):
-        path = os.path.join(self.state_dir(name), what)
-        with open(path + ".tmp", "w") as handle:
-            json.dump(value, handle, indent=1, sort_keys=True)
-        os.replace(path + ".tmp", path)
+        """Atomically, through a temporary file of this writer's own, mode 0600 (config.json holds env values)."""
+        directory = self.state_dir(name)
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{what}.")
+        try:
+            with os.fdopen(handle, "w") as output:
+                json.dump(value, output, indent=1, sort_keys=True)
+            os.replace(temporary, os.path.join(directory, what))
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
 
     def state(self, name):
         state = self._read(name, "state.json")
@@ -134,10 +147,14 @@ class Runtime:
         return self._read(name, "config.json")
 
     def update_state(self, name, **changes):
-        state = self._read(name, "state.json") or {}
-        state.update(changes)
-        self._write(name, "state.json", state)
-        return state
+        """Change some keys of state.json under the state lock; a container removed meanwhile stays removed."""
+        with self._state_lock(name):
+            if not os.path.isdir(self.state_dir(name)):
+                return {}
+            state = self._read(name, "state.json") or {}
+            state.update(changes)
+            self._write(name, "state.json", state)
+            return state
 
     def names(self):
         directory = os.path.join(self.run_dir, "containers")
@@ -148,6 +165,10 @@ class Runtime:
         check_name(name)
         os.makedirs(self.state_dir(name), mode=0o700, exist_ok=True)
         os.makedirs(self.data_dir(name), mode=0o700, exist_ok=True)
+        record = self.store.image(config["image"])
+        if record is not None:
+            # The store's garbage collection keeps what a container stands on, even after its image is removed.
+            self.store.reference_layers(self.data_dir(name), record)
         self._write(name, "config.json", config)
         self._write(name, "state.json", {"status": "created", "restart_count": 0})
 
@@ -203,24 +224,30 @@ class Runtime:
         config = self.config(name)
         policy = config.get("restart_policy") or {"name": "no"}
         self.update_state(name, shim_pid=os.getpid())
-        restarts = self._read(name, "state.json").get("restart_count", 0)
+        restarts = (self._read(name, "state.json") or {}).get("restart_count", 0)
         while True:
             code, error, oom = self._run_once(name, config, restarts, echo)
-            state = self._read(name, "state.json")
-            stop = state.get("stop_requested")
-            again = not stop and not error and (
-                policy["name"] == "always"
-                or (policy["name"] == "on-failure" and code != 0
-                    and (not policy.get("maximum_retry_count") or restarts < policy["maximum_retry_count"]))
-            )  # fmt: skip
-            self.update_state(
-                name, status="exited", exit_code=code, oom_killed=oom, error=error, pid=None, restart_count=restarts,
-                finished_at=time.time(),
-            )  # fmt: skip
+            # Decided and recorded in one step under the state lock, so a stop cannot slip in between.
+            with self._state_lock(name):
+                state = self._read(name, "state.json")
+                if state is None:
+                    return
+                again = not state.get("stop_requested") and not error and (
+                    policy["name"] == "always"
+                    or (policy["name"] == "on-failure" and code != 0
+                        and (not policy.get("maximum_retry_count") or restarts < policy["maximum_retry_count"]))
+                )  # fmt: skip
+                state.update(
+                    status="exited", exit_code=code, oom_killed=oom, error=error, pid=None, restart_count=restarts,
+                    finished_at=time.time(),
+                )  # fmt: skip
+                self._write(name, "state.json", state)
             if not again:
                 return
             restarts += 1
             time.sleep(min(0.1 * 2**restarts, 2))
+            if (self._read(name, "state.json") or {"stop_requested": True}).get("stop_requested"):
+                return
 
     def _run_once(self, name, config, restarts, echo=None):
         record = self.store.image(config["image"])
@@ -313,6 +340,9 @@ class Runtime:
         config = self.config(name)
         if config is None or config.get("network") == "bridge":
             self.network.teardown(name, published=config is None or bool(config.get("published_ports")))
+        with contextlib.suppress(cgroups.CgroupError):
+            # A shim that died leaves its container's processes running: the cgroup knows them all.
+            cgroups.detect(name).kill_all()
         overlay.unmount_rootfs(self.data_dir(name))
         with contextlib.suppress(cgroups.CgroupError):
             cgroups.detect(name).remove()

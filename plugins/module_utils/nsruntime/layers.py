@@ -15,12 +15,15 @@ Images come from a registry v2 (module_utils/harbor.py's client: basic or bearer
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import stat
 import tempfile
+
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import paths
 
 DIGEST_PREFIX = "sha256:"
 CHUNK = 1 << 20
@@ -59,14 +62,22 @@ def parse_reference(reference):
 
 
 class _Hashing:
-    """A file object that hashes what is read through it."""
+    """A file object that hashes what is read through it, and stops past a bound on the bytes read."""
 
-    def __init__(self, raw):
+    def __init__(self, raw, limit, what):
         self.raw = raw
         self.sha = hashlib.sha256()
+        self.count = 0
+        self.limit = limit
+        self.what = what
 
     def read(self, size=-1):
         data = self.raw.read(size)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise ImageError(
+                f"{self.what}: the uncompressed layer exceeds {self.limit} bytes (max_layer_bytes); rejected"
+            )
         self.sha.update(data)
         return data
 
@@ -76,9 +87,29 @@ class _Hashing:
         return DIGEST_PREFIX + self.sha.hexdigest()
 
 
+class Limits:
+    """Bounds on what one image may make the store hold, each named in the error that enforces it. A registry
+    or an archive is not trusted to be small: a 1 MB gzip blob can unpack to terabytes."""
+
+    def __init__(self, max_layer_bytes=64 << 30, max_members=1_000_000, min_free_bytes=512 << 20):
+        self.max_layer_bytes = max_layer_bytes
+        self.max_members = max_members
+        self.min_free_bytes = min_free_bytes
+
+    def check_space(self, path, size, what):
+        info = os.statvfs(path)
+        free = info.f_bavail * info.f_frsize
+        if free - size < self.min_free_bytes:
+            raise ImageError(
+                f"{what}: writing {size} bytes would leave less than {self.min_free_bytes} bytes free under "
+                f"{path} ({free} free; min_free_bytes)"
+            )
+
+
 class Store:
-    def __init__(self, root):
+    def __init__(self, root, limits=None):
         self.root = root
+        self.limits = limits or Limits()
         self.blob_dir = os.path.join(root, "blobs", "sha256")
         self.layer_dir = os.path.join(root, "layers")
         self.image_dir = os.path.join(root, "images")
@@ -95,18 +126,29 @@ class Store:
     def has_blob(self, digest):
         return os.path.exists(self.blob_path(digest))
 
-    def put_blob(self, digest, chunks, what):
-        """Write chunks to a temporary file, check their sha256 against digest, then move it into place."""
+    def put_blob(self, digest, chunks, what, size=None):
+        """Write chunks to a temporary file, check their sha256 against digest (and their length against size,
+        the manifest's word for it), then move it into place."""
         target = self.blob_path(digest)
         if os.path.exists(target):
             return target
+        if size is not None:
+            self.limits.check_space(self.tmp_dir, size, what)
         handle, temporary = tempfile.mkstemp(dir=self.tmp_dir)
         sha = hashlib.sha256()
+        written = 0
         try:
             with os.fdopen(handle, "wb") as output:
                 for chunk in chunks:
+                    written += len(chunk)
+                    if size is not None and written > size:
+                        raise ImageError(
+                            f"{what}: the blob is longer than the {size} bytes its manifest says; rejected"
+                        )
                     sha.update(chunk)
                     output.write(chunk)
+            if size is not None and written != size:
+                raise ImageError(f"{what}: the blob has {written} bytes, its manifest says {size}; rejected")
             actual = DIGEST_PREFIX + sha.hexdigest()
             if actual != digest:
                 raise ImageError(f"{what}: the blob's sha256 is {actual}, not {digest}; rejected")
@@ -138,9 +180,9 @@ class Store:
             with open(self.blob_path(blob_digest), "rb") as raw:
                 compressed = raw.read(2) == b"\x1f\x8b"
                 raw.seek(0)
-                stream = _Hashing(gzip.GzipFile(fileobj=raw) if compressed else raw)
+                stream = _Hashing(gzip.GzipFile(fileobj=raw) if compressed else raw, self.limits.max_layer_bytes, what)
                 with tarfile.open(fileobj=stream, mode="r|") as archive:
-                    _extract(archive, staging, what)
+                    _extract(archive, staging, what, self.limits)
                 actual = stream.drain()
             if actual != diff_id:
                 raise ImageError(f"{what}: the uncompressed layer's sha256 is {actual}, not {diff_id}; rejected")
@@ -186,9 +228,27 @@ class Store:
             return True
         return False
 
+    def reference_layers(self, container_dir, record):
+        """Record in a container's directory under the store the layers it stands on (see collect_garbage)."""
+        handle = os.open(os.path.join(container_dir, "layers.json"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(handle, "w") as output:
+            json.dump([layer["diff_id"] for layer in record["layers"]], output)
+
+    def _container_layers(self):
+        found = set()
+        directory = os.path.join(self.root, "containers")
+        for name in os.listdir(directory) if os.path.isdir(directory) else []:
+            with (
+                contextlib.suppress(FileNotFoundError, ValueError),
+                open(os.path.join(directory, name, "layers.json")) as handle,
+            ):
+                found.update(json.load(handle))
+        return found
+
     def collect_garbage(self):
-        """Remove the blobs and layer directories that no image record names; return what went."""
-        blobs, layers = set(), set()
+        """Remove the blobs and layer directories that no image record names and no container stands on (a
+        running container's overlay has them as lower dirs); return what went."""
+        blobs, layers = set(), self._container_layers()
         for record in self.images():
             blobs.update([record["manifest_digest"], record["config_digest"]])
             blobs.update(layer["blob"] for layer in record["layers"])
@@ -212,44 +272,135 @@ def _safe_name(name, what):
     return "/".join(parts)
 
 
-def _through_symlink(root, relative):
-    """True when a parent directory of relative, inside root, is a symlink (a write would leave the layer)."""
-    current = root
-    for part in relative.split("/")[:-1]:
-        current = os.path.join(current, part)
-        if os.path.islink(current):
+def _clear(directory, name, keep_directory=False):
+    """Make room for a member: what stands at name (never followed) goes, unless it is a directory to keep."""
+    try:
+        info = os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(info.st_mode):
+        if keep_directory:
             return True
+        shutil.rmtree(name, dir_fd=directory)
+    else:
+        os.unlink(name, dir_fd=directory)
     return False
 
 
-def _extract(archive, root, what):
+class _LayerWriter:
+    """Writes one layer's members into its staging directory. Every path is resolved inside the layer (paths.py),
+    every attribute is set on a descriptor or without following links, and hardlinks may only point at what the
+    layer itself holds: whatever the archive says, nothing outside the staging directory is touched."""
+
+    def __init__(self, root, what, limits):
+        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self.root = root
+        self.what = what
+        self.limits = limits
+        self.members = 0
+
+    def close(self):
+        os.close(self.root_fd)
+
+    def write(self, archive, member):
+        self.members += 1
+        if self.members > self.limits.max_members:
+            raise ImageError(f"{self.what}: more than {self.limits.max_members} members in one layer (max_members)")
+        relative = _safe_name(member.name, self.what)
+        if not relative:
+            return
+        directory, name = paths.parent(self.root_fd, relative, make_dirs=True)
+        try:
+            self._member(archive, member, directory, name)
+        finally:
+            os.close(directory)
+
+    def _member(self, archive, member, directory, name):
+        if name == OPAQUE:
+            os.setxattr(directory, "trusted.overlay.opaque", b"y")
+            return
+        if name.startswith(WHITEOUT):
+            hidden = name[len(WHITEOUT) :]
+            _clear(directory, hidden)
+            os.mknod(hidden, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=directory)
+            return
+        if member.isdir():
+            if not _clear(directory, name, keep_directory=True):
+                os.mkdir(name, 0o700, dir_fd=directory)
+            handle = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+            try:
+                self._attributes(handle, member)
+            finally:
+                os.close(handle)
+            return
+        _clear(directory, name)
+        if member.isreg():
+            self._file(archive, member, directory, name)
+        elif member.issym():
+            os.symlink(member.linkname, name, dir_fd=directory)
+            os.chown(name, member.uid, member.gid, dir_fd=directory, follow_symlinks=False)
+            os.utime(name, (member.mtime, member.mtime), dir_fd=directory, follow_symlinks=False)
+        elif member.islnk():
+            self._hardlink(member, directory, name)
+        elif member.ischr() or member.isblk() or member.isfifo():
+            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK if member.isblk() else stat.S_IFIFO
+            os.mknod(name, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=directory)
+            handle = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+            try:
+                # chown clears set-id bits: mode after owner, on the node itself (an O_PATH descriptor).
+                os.chown(paths.fd_path(handle), member.uid, member.gid)
+                os.chmod(paths.fd_path(handle), stat.S_IMODE(member.mode))
+            finally:
+                os.close(handle)
+        else:
+            raise ImageError(f"{self.what}: {member.name!r} is of an unknown tar type {member.type!r}")
+
+    def _file(self, archive, member, directory, name):
+        self.limits.check_space(self.root, member.size, self.what)
+        handle = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=directory)  # fmt: skip
+        try:
+            source = archive.extractfile(member)
+            while chunk := source.read(CHUNK):
+                os.write(handle, chunk)
+            self._attributes(handle, member)
+        finally:
+            os.close(handle)
+
+    def _hardlink(self, member, directory, name):
+        target = _safe_name(member.linkname, self.what)
+        # The target's directories are resolved inside the layer; the target itself is never followed, so a link
+        # to a symlink links the symlink, as link(2) does.
+        source, source_name = paths.parent(self.root_fd, target)
+        try:
+            info = os.stat(source_name, dir_fd=source, follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode):
+                raise ImageError(f"{self.what}: refusing {member.name!r}, a hardlink to the directory {target!r}")
+            os.link(source_name, name, src_dir_fd=source, dst_dir_fd=directory, follow_symlinks=False)
+        except FileNotFoundError:
+            raise ImageError(f"{self.what}: {member.name!r} links to {target!r}, which the layer lacks") from None
+        finally:
+            os.close(source)
+
+    @staticmethod
+    def _attributes(handle, member):
+        os.fchown(handle, member.uid, member.gid)
+        os.fchmod(handle, stat.S_IMODE(member.mode))
+        os.utime(handle, (member.mtime, member.mtime))
+
+
+def _extract(archive, root, what, limits):
     """Extract a layer tar into root, turning OCI whiteouts into overlayfs ones (0/0 char devices and the
     trusted.overlay.opaque xattr) so that the directory works as an overlay lower dir."""
-    for member in archive:
-        relative = _safe_name(member.name, what)
-        if not relative:
-            continue
-        if _through_symlink(root, relative):
-            raise ImageError(f"{what}: refusing {member.name!r}, which would be written through a symlink")
-        directory, base = os.path.split(relative)
-        parent = os.path.join(root, directory)
-        if base == OPAQUE:
-            os.makedirs(parent, exist_ok=True)
-            os.setxattr(parent, "trusted.overlay.opaque", b"y")
-            continue
-        if base.startswith(WHITEOUT):
-            os.makedirs(parent, exist_ok=True)
-            os.mknod(os.path.join(parent, base[len(WHITEOUT) :]), stat.S_IFCHR | 0o000, os.makedev(0, 0))
-            continue
-        if member.islnk():
-            member.linkname = _safe_name(member.linkname, what)
-        target = os.path.join(root, relative)
-        if os.path.lexists(target) and not (member.isdir() and os.path.isdir(target)):
-            if os.path.isdir(target) and not os.path.islink(target):
-                shutil.rmtree(target)
-            else:
-                os.unlink(target)
-        archive.extract(member, root, set_attrs=True, numeric_owner=True, filter="fully_trusted")
+    writer = _LayerWriter(root, what, limits)
+    try:
+        for member in archive:
+            try:
+                writer.write(archive, member)
+            except OSError as exc:
+                raise ImageError(f"{what}: cannot unpack {member.name!r}: {exc}") from exc
+    finally:
+        writer.close()
 
 
 # -- getting images ---------------------------------------------------------------------------------------------
@@ -285,7 +436,10 @@ def pull(store, client, reference, platform=PLATFORM):
         manifest = json.loads(raw)
     store.put_blob(digest, [raw], f"{reference} manifest")
     config_digest = manifest["config"]["digest"]
-    store.put_blob(config_digest, _chunks(client.blob(repository, config_digest)), f"{reference} config")
+    store.put_blob(
+        config_digest, _chunks(client.blob(repository, config_digest)), f"{reference} config",
+        _size(manifest["config"], f"{reference} config"),
+    )  # fmt: skip
     config = json.loads(store.read_blob(config_digest))
     diff_ids = config.get("rootfs", {}).get("diff_ids", [])
     if len(diff_ids) != len(manifest["layers"]):
@@ -296,7 +450,7 @@ def pull(store, client, reference, platform=PLATFORM):
     for layer, diff_id in zip(manifest["layers"], diff_ids, strict=True):
         what = f"{reference} layer {layer['digest']}"
         if not os.path.isdir(store.layer_path(diff_id)) and not store.has_blob(layer["digest"]):
-            store.put_blob(layer["digest"], _chunks(client.blob(repository, layer["digest"])), what)
+            store.put_blob(layer["digest"], _chunks(client.blob(repository, layer["digest"])), what, _size(layer, what))
         store.unpack(layer["digest"], diff_id, what)
         layers.append({"blob": layer["digest"], "diff_id": diff_id})
     record = _record(reference, digest, config_digest, config, layers)
@@ -304,6 +458,13 @@ def pull(store, client, reference, platform=PLATFORM):
         # What the tag names when it names a manifest list or an index: force_pull compares against it.
         record["index_digest"] = index_digest
     return record
+
+
+def _size(descriptor, what):
+    size = descriptor.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ImageError(f"{what}: the manifest gives no valid size ({size!r}); rejected")
+    return size
 
 
 def import_archive(store, path, name=None):
@@ -324,8 +485,9 @@ def import_archive(store, path, name=None):
                 for member_name, diff_id in zip(entry["Layers"], diff_ids, strict=True):
                     member = archive.extractfile(member_name)
                     store.put_blob(
-                        diff_id, iter(lambda member=member: member.read(CHUNK), b""), f"{path} {member_name}"
-                    )
+                        diff_id, iter(lambda member=member: member.read(CHUNK), b""), f"{path} {member_name}",
+                        archive.getmember(member_name).size,
+                    )  # fmt: skip
                     store.unpack(diff_id, diff_id, f"{path} {member_name}")
                     layers.append({"blob": diff_id, "diff_id": diff_id})
                 manifest = json.dumps({"config": config_digest, "layers": entry["Layers"]}, sort_keys=True).encode()
