@@ -61,6 +61,7 @@ test: lint sanity molecule
 	pytest tests
 
 bench: lab
+	command -v podman >/dev/null && command -v crun >/dev/null || apt-get install -y -qq podman crun >/dev/null
 	python bench/converge.py
 	python bench/push.py
 	python bench/middleware.py

@@ -5,6 +5,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -86,7 +88,11 @@ def runtime_residue(name, run_dir):
 def lab():
     """`make lab` once for the session; `make lab-down` at its end, checking that nothing is left.
 
-    MOORING_KEEP_LAB=1 keeps the lab up afterwards (for working on one test); CI never sets it."""
+    MOORING_KEEP_LAB=1 keeps the lab up afterwards (for working on one test), and MOORING_LAB_READY=1 with it
+    takes a lab that is already up as it is; CI sets neither."""
+    if os.environ.get("MOORING_KEEP_LAB") == "1" and os.environ.get("MOORING_LAB_READY") == "1":
+        yield None
+        return
     process = run(["make", "lab"])
     assert process.returncode == 0, process.stdout[-5000:] + process.stderr[-3000:]
     yield process
@@ -119,3 +125,80 @@ def debian_image(lab, tmp_path_factory):
     record = import_archive(store, str(archive), "debian")[0]
     archive.unlink()
     return store, record
+
+
+# -- containers of mooring's own runtime, for the runtime's tests ------------------------------------------------
+RUNTIME_IMAGE = "mooring/debian-python:bookworm"
+RUNTIME_BRIDGE, RUNTIME_SUBNET = "mooringt1", "10.90.0.0/24"
+RUNTIME_GATEWAY = "10.90.0.1"
+
+
+@pytest.fixture(scope="module")
+def runtime(lab, tmp_path_factory):
+    """A runtime store and state directory of the test module's own, with the lab's Debian image as `debian`
+    (imported through ns_image), on a bridge of its own; the bridge goes at the end."""
+    sys.path.insert(0, str(REPO_DIR / "collections"))
+    from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import network  # noqa: PLC0415
+
+    root = tmp_path_factory.mktemp("runtime")
+    archive = root / "image.tar"
+    assert run(["docker", "save", "-o", str(archive), RUNTIME_IMAGE]).returncode == 0
+    settings = {"root": str(root / "store"), "run_dir": str(root / "run"), "bridge": RUNTIME_BRIDGE,
+                "subnet": RUNTIME_SUBNET}  # fmt: skip
+    imported = run_module(
+        "mooring.ops.ns_image", {"root": settings["root"], "archive": str(archive), "name": "debian"},
+        "-e", f"ansible_python_interpreter={HOST_PYTHON}",
+    )  # fmt: skip
+    assert imported["changed"] is True, imported["_output"]
+    archive.unlink()
+    yield settings
+    network.Network(bridge=RUNTIME_BRIDGE, subnet=RUNTIME_SUBNET).remove_bridge()
+
+
+# Ansible runs a module on a managed Debian 12 host with the host's own Python (3.11.2 there, older than the
+# venv's): the runtime's module tests run it the same way.
+HOST_PYTHON = "/usr/bin/python3"
+
+
+def container(runtime, name=None, check=False, **options):
+    """mooring.ops.ns_container through Ansible (with --check when check), on the test module's runtime, under
+    the host's own Python."""
+    arguments = {**runtime, "name": name or "c" + uuid.uuid4().hex[:8], **options}
+    interpreter = ["-e", f"ansible_python_interpreter={HOST_PYTHON}"]
+    return run_module("mooring.ops.ns_container", arguments, *interpreter, *(["--check"] if check else []))
+
+
+def residue(runtime, name):
+    return runtime_residue(name, runtime["run_dir"])
+
+
+@pytest.fixture
+def named(runtime):
+    """Container names for a test; each is removed at its end, and must leave nothing behind."""
+    names = []
+
+    def make():
+        names.append("c" + uuid.uuid4().hex[:8])
+        return names[-1]
+
+    yield make
+    for name in names:
+        # sleep as PID 1 has no SIGTERM handler: the kernel ignores the signal, so only SIGKILL stops it.
+        removed = container(runtime, name, state="absent", stop_timeout=1)
+        assert removed.get("failed") is not True, removed["_output"]
+        assert residue(runtime, name) == []
+
+
+def rt(runtime):
+    """The runtime's Python API on the test module's store."""
+    sys.path.insert(0, str(REPO_DIR / "collections"))
+    from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.container import Runtime  # noqa: PLC0415
+
+    return Runtime(runtime["root"], runtime["run_dir"], runtime["bridge"], runtime["subnet"])
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)

@@ -8,8 +8,9 @@ name: ns_container
 short_description: Run Ansible tasks inside containers of mooring's daemonless runtime
 description:
   - Runs commands inside a running container of M(mooring.ops.ns_container) by joining its namespaces, root,
-    cgroup and capability set with C(setns) (the runtime's exec), and copies files through the container's root
-    (C(/proc/<pid>/root)), so the container needs no SSH and no agent - only a Python for modules.
+    cgroup, capability set and seccomp filter with C(setns) (the runtime's exec), and copies files as the
+    container's user from inside its mount namespace and root (a link in the container never leads to a host
+    path), so the container needs no SSH and no agent - only a Python for modules.
   - Runs on the host of the containers, as root.
 author:
   - mooring developers (@mooring)
@@ -37,7 +38,6 @@ options:
 """
 
 import os
-import shutil
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleFileNotFound
 from ansible.module_utils.common.text.converters import to_bytes, to_text
@@ -74,35 +74,27 @@ class Connection(ConnectionBase):
         except ContainerError as exc:
             raise AnsibleConnectionFailure(str(exc)) from exc
 
-    def _inside(self, path):
-        state = self._runtime.state(self._name)
-        if not state or state.get("status") != "running":
-            raise AnsibleConnectionFailure(f"ns_container {self._name} is not running")
-        return os.path.join(f"/proc/{state['pid']}/root", to_text(path).lstrip("/"))
-
     def put_file(self, in_path, out_path):
         super().put_file(in_path, out_path)
         self._connect()
         if not os.path.exists(to_bytes(in_path)):
             raise AnsibleFileNotFound(f"file or module does not exist: {in_path}")
-        try:
-            shutil.copyfile(to_bytes(in_path), to_bytes(self._inside(out_path)))
-        except OSError as exc:
-            raise AnsibleConnectionFailure(f"cannot copy {in_path} into {self._name}:{out_path}: {exc}") from exc
-        # Files in the container belong to its user, as if written from inside.
-        code, out, _err = self._runtime.exec(self._name, ["id", "-u"])
-        uid = int(out) if code == 0 and out.strip().isdigit() else 0
-        code, out, _err = self._runtime.exec(self._name, ["id", "-g"])
-        gid = int(out) if code == 0 and out.strip().isdigit() else 0
-        os.chown(to_bytes(self._inside(out_path)), uid, gid)
+        with open(to_bytes(in_path), "rb") as source:
+            try:
+                # Written by the container's user inside its own mount namespace and root (as exec runs), so
+                # the file is the user's and a link in the container never leads to a host path.
+                self._runtime.copy(self._name, source.fileno(), to_text(out_path), into=True)
+            except (OSError, ContainerError) as exc:
+                raise AnsibleConnectionFailure(f"cannot copy {in_path} into {self._name}:{out_path}: {exc}") from exc
 
     def fetch_file(self, in_path, out_path):
         super().fetch_file(in_path, out_path)
         self._connect()
-        try:
-            shutil.copyfile(to_bytes(self._inside(in_path)), to_bytes(out_path))
-        except OSError as exc:
-            raise AnsibleConnectionFailure(f"cannot fetch {self._name}:{in_path}: {exc}") from exc
+        with open(to_bytes(out_path), "wb") as target:
+            try:
+                self._runtime.copy(self._name, target.fileno(), to_text(in_path), into=False)
+            except (OSError, ContainerError) as exc:
+                raise AnsibleConnectionFailure(f"cannot fetch {self._name}:{in_path}: {exc}") from exc
 
     def close(self):
         self._connected = False

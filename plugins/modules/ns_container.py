@@ -13,9 +13,13 @@ description:
     images that M(mooring.ops.ns_image) put in the runtime's store. Option names follow
     M(community.docker.docker_container).
   - Each container gets an overlay root over the image's layers, new mount, UTS, IPC, PID and (bridge) network
-    namespaces, C(pivot_root), C(/proc), a minimal C(/dev), a read-only C(/sys), Docker's default capabilities,
-    C(no_new_privs), a cgroup (v1 or v2, detected) with its limits, and a shim process that supervises it, keeps
-    its log and applies the restart policy.
+    namespaces, C(pivot_root), C(/proc) with runc's masked and read-only paths (C(/proc/sys) among them), a
+    minimal C(/dev) behind a default-deny device cgroup, a read-only C(/sys), Docker's default capabilities (the
+    inheritable and ambient sets empty), a seccomp filter with the semantics of Docker's default profile,
+    C(no_new_privs), C(nofile) 1024, a cgroup (v1 or v2, detected) with its limits, and a shim process that
+    supervises it, keeps its log and applies the restart policy.
+  - The container's settings are written as an OCI runtime-spec document (C(config.json) in its directory under
+    O(root), mode 0600), and that document is what the runtime applies.
   - A container whose configuration differs from the task is recreated, and C(--diff) shows what differs.
   - Every failure, and O(state=absent), leaves no mount, cgroup, veth, network namespace, iptables rule, lease or
     process behind.
@@ -118,6 +122,38 @@ options:
     type: list
     elements: str
     default: []
+  privileged:
+    description:
+      - Every capability this host can hand on, no seccomp filter, no masked or read-only paths, a writable
+        C(/sys) and every device allowed - the container is then as powerful as root on the host.
+    type: bool
+    default: false
+  security_opts:
+    description:
+      - C(seccomp=unconfined), C(seccomp=/path/profile.json) (Docker's profile format), and
+        C(no-new-privileges=false) to let set-id programs gain privileges (on by default).
+      - There are no AppArmor or SELinux labels.
+    type: list
+    elements: str
+    default: []
+  devices:
+    description: Host devices to make and allow in the container, C(host_path[:container_path[:rwm]]).
+    type: list
+    elements: str
+    default: []
+  sysctls:
+    description:
+      - Namespaced kernel parameters only (C(net.*) unless O(network=host), C(kernel.msg*), C(kernel.sem),
+        C(kernel.shm*), C(fs.mqueue.*)); others would change the whole host and are refused.
+    type: dict
+    default: {}
+  ulimits:
+    description:
+      - Resource limits, C(name:soft[:hard]), e.g. C(nofile:4096:8192). The default is C(nofile:1024:1024), as
+        with C(runc spec). A hard limit above the host's own is refused (it needs CAP_SYS_RESOURCE).
+    type: list
+    elements: str
+    default: []
   root:
     description: The runtime's store of images and containers' writable layers.
     type: path
@@ -177,7 +213,7 @@ container:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, namespaces
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, spec
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.container import (
     ContainerError,
     Runtime,
@@ -233,10 +269,7 @@ class NsContainer:
             raise ValueError(f"cpus must be more than 0 and at most {os.cpu_count()}, got {params['cpus']}")
         if params["network"] != "bridge" and params["published_ports"]:
             raise ValueError("published_ports needs network: bridge")
-        try:
-            capabilities = sorted(namespaces.capability_set(params["capabilities"], params["cap_drop"]))
-        except ValueError as exc:
-            raise ValueError(str(exc)) from None
+        security = spec.options_config(params)
         return {
             "image": params["image"],
             "image_digest": record["manifest_digest"],
@@ -259,7 +292,7 @@ class NsContainer:
             "read_only": params["read_only"],
             "tmpfs": list(params["tmpfs"]),
             "restart_policy": parse_restart_policy(params["restart_policy"]),
-            "capabilities": capabilities,
+            **security,
         }
 
     def _view(self):
@@ -398,6 +431,11 @@ def main():
             "stop_timeout": {"type": "int", "default": 10},
             "capabilities": {"type": "list", "elements": "str", "default": []},
             "cap_drop": {"type": "list", "elements": "str", "default": []},
+            "privileged": {"type": "bool", "default": False},
+            "security_opts": {"type": "list", "elements": "str", "default": []},
+            "devices": {"type": "list", "elements": "str", "default": []},
+            "sysctls": {"type": "dict", "default": {}},
+            "ulimits": {"type": "list", "elements": "str", "default": []},
             "root": {"type": "path", "default": "/var/lib/mooring"},
             "run_dir": {"type": "path", "default": "/run/mooring"},
             "bridge": {"type": "str", "default": "mooring0"},

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 import uuid
@@ -67,7 +68,8 @@ def test_a_wrong_password_is_refused_without_printing_it(ctr):
     failed = ctr("pull", "--username", "mooring", "--password-stdin", "--ca-cert", str(LAB_DIR / "ca" / "ca.crt"),
                  PROBE, stdin=wrong + "\n")  # fmt: skip
     assert failed.returncode != 0
-    assert "mooring" in failed.stderr and wrong not in failed.stderr + failed.stdout
+    assert "rejected the credentials of user mooring" in failed.stderr, failed.stderr
+    assert wrong not in failed.stderr + failed.stdout
 
 
 def test_run_rm_gives_the_output_and_the_exit_code_and_leaves_nothing(ctr, name):
@@ -162,15 +164,29 @@ def test_an_image_that_is_not_in_the_store_is_named(ctr):
     assert "harbor.lab/library/nothing-here:1 is not in the store" in failed.stderr
 
 
-def test_rmi_removes_the_image_and_its_layers(ctr, tmp_path):
+def test_rmi_removes_the_image_and_the_layers_no_other_image_uses(ctr, tmp_path):
     archive = tmp_path / "probe.tar"
     assert run(["docker", "save", "-o", str(archive), PROBE]).returncode == 0
     loaded = ctr("load", "-i", str(archive), "--name", "offline/probe:1")
     assert loaded.returncode == 0 and "Loaded image: offline/probe:1" in loaded.stdout, loaded.stderr
     store = os.path.join(ctr.base[ctr.base.index("--root") + 1])
-    layers = sorted(os.listdir(os.path.join(store, "layers")))
+    shared = sorted(os.listdir(os.path.join(store, "layers")))
+    # An image with a layer of its own: rmi takes that layer, and keeps the ones the pulled image still uses.
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "only-here").write_text(uuid.uuid4().hex)
+    with tarfile.open(tmp_path / "own.tar", "w") as output:
+        output.add(own / "only-here", arcname="only-here")
+    name = f"mooring-test/own-layer:{uuid.uuid4().hex[:8]}"
+    assert run(["docker", "import", str(tmp_path / "own.tar"), name]).returncode == 0
+    assert run(["docker", "save", "-o", str(tmp_path / "own-image.tar"), name]).returncode == 0
+    run(["docker", "rmi", name])
+    assert ctr("load", "-i", str(tmp_path / "own-image.tar"), "--name", "offline/own:1").returncode == 0
+    with_own = sorted(os.listdir(os.path.join(store, "layers")))
+    assert len(with_own) == len(shared) + 1
+    assert ctr("rmi", "offline/own:1").returncode == 0
     assert ctr("rmi", "offline/probe:1").returncode == 0
-    assert sorted(os.listdir(os.path.join(store, "layers"))) == layers  # still used by the pulled image
-    assert "offline/probe:1" not in ctr("images").stdout
+    assert sorted(os.listdir(os.path.join(store, "layers"))) == shared  # still used by the pulled image
+    assert "offline/probe:1" not in ctr("images").stdout and "offline/own:1" not in ctr("images").stdout
     missing = ctr("rmi", "offline/probe:1")
     assert missing.returncode != 0 and "no such image: offline/probe:1" in missing.stderr

@@ -14,64 +14,23 @@ import uuid
 
 import pytest
 
-from conftest import LAB_DIR, REPO_DIR, run, run_module, runtime_residue
+from conftest import (
+    HOST_PYTHON,
+    LAB_DIR,
+    REPO_DIR,
+    RUNTIME_GATEWAY,
+    container,
+    residue,
+    rt,
+    run_module,
+    wait_for,
+)
 
 sys.path.insert(0, str(REPO_DIR / "collections"))
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, network
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.container import Runtime
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups
 
-IMAGE = "mooring/debian-python:bookworm"
-BRIDGE, SUBNET = "mooringt1", "10.90.0.0/24"
-GATEWAY = "10.90.0.1"
+GATEWAY = RUNTIME_GATEWAY
 SERVE = "python3 -m http.server 8000 --bind 0.0.0.0 --directory /etc"
-
-
-@pytest.fixture(scope="module")
-def runtime(lab, tmp_path_factory):
-    root = tmp_path_factory.mktemp("runtime")
-    archive = root / "image.tar"
-    assert run(["docker", "save", "-o", str(archive), IMAGE]).returncode == 0
-    settings = {"root": str(root / "store"), "run_dir": str(root / "run"), "bridge": BRIDGE, "subnet": SUBNET}
-    imported = run_module("mooring.ops.ns_image", {"root": settings["root"], "archive": str(archive), "name": "debian"})
-    assert imported["changed"] is True, imported["_output"]
-    archive.unlink()
-    yield settings
-    network.Network(bridge=BRIDGE, subnet=SUBNET).remove_bridge()
-
-
-def container(runtime, name=None, **options):
-    return run_module("mooring.ops.ns_container", {**runtime, "name": name or "c" + uuid.uuid4().hex[:8], **options})
-
-
-def residue(runtime, name):
-    return runtime_residue(name, runtime["run_dir"])
-
-
-@pytest.fixture
-def named(runtime):
-    names = []
-
-    def make():
-        names.append("c" + uuid.uuid4().hex[:8])
-        return names[-1]
-
-    yield make
-    for name in names:
-        # sleep as PID 1 has no SIGTERM handler: the kernel ignores the signal, so only SIGKILL stops it.
-        removed = container(runtime, name, state="absent", stop_timeout=1)
-        assert removed.get("failed") is not True, removed["_output"]
-        assert residue(runtime, name) == []
-
-
-def rt(runtime):
-    return Runtime(runtime["root"], runtime["run_dir"], runtime["bridge"], runtime["subnet"])
-
-
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
 
 
 def test_isolation_seen_from_inside_and_from_the_host(runtime, named):
@@ -131,16 +90,22 @@ def test_pids_limit_stops_a_fork_bomb(runtime, named):
     assert len(cgroups.CgroupV1(name).procs()) <= 30
 
 
-def test_half_a_cpu_is_enforced(runtime, named):
+def test_half_a_cpu_is_a_cfs_quota_that_throttles_a_spinning_process(runtime, named):
+    """The mechanism, read from the cgroup: the quota and period the kernel enforces, and the kernel's own count
+    of the periods in which it throttled the container. (How much CPU that comes to is bench/'s business.)"""
     name = named()
     started = container(runtime, name, image="debian", cpus=0.5, command=["python3", "-c", "while True: pass"])
     assert started["changed"] is True, started["_output"]
     group = cgroups.CgroupV1(name)
-    time.sleep(0.5)
-    before, clock = group.cpu_usage_ns(), time.monotonic()
-    time.sleep(2)
-    share = (group.cpu_usage_ns() - before) / ((time.monotonic() - clock) * 1e9)
-    assert 0.3 < share < 0.6, share
+    cpu = group.paths["cpu"]
+    assert open(os.path.join(cpu, "cpu.cfs_quota_us")).read().strip() == "50000"  # noqa: SIM115
+    assert open(os.path.join(cpu, "cpu.cfs_period_us")).read().strip() == "100000"  # noqa: SIM115
+
+    def throttled():
+        stats = dict(line.split() for line in open(os.path.join(cpu, "cpu.stat")))  # noqa: SIM115
+        return int(stats["nr_throttled"]) > 0 and int(stats["throttled_time"]) > 0
+
+    wait_for(throttled, 20, "the kernel never throttled the spinning container")
 
 
 def test_pause_then_resume(runtime, named):
@@ -156,14 +121,13 @@ def test_pause_then_resume(runtime, named):
 
 def test_stop_escalates_to_sigkill_for_a_process_that_ignores_sigterm(runtime, named):
     name = named()
-    command = ["/bin/sh", "-c", "trap '' TERM; while true; do sleep 1; done"]
+    command = ["/bin/sh", "-c", "trap 'echo got TERM' TERM; while true; do sleep 0.2; done"]
     assert container(runtime, name, image="debian", command=command)["changed"] is True
-    began = time.monotonic()
     stopped = container(runtime, name, image="debian", command=command, state="stopped", stop_timeout=2)
-    took = time.monotonic() - began
     assert stopped["changed"] is True
+    # SIGTERM came first (the shell said so), and only SIGKILL ended it (137 = 128 + 9).
+    assert b"got TERM" in rt(runtime).logs(name)
     assert stopped["container"]["state"] == "exited" and stopped["container"]["exit_code"] == 137
-    assert 2 <= took < 15
 
 
 def test_restart_on_failure_restarts_up_to_n_times(runtime, named):
@@ -209,17 +173,17 @@ def test_a_published_port_answers_and_two_containers_reach_each_other(runtime, n
 def test_a_second_identical_task_changes_nothing_and_a_changed_env_recreates_with_its_values_hidden(runtime, named):
     name = named()
     secret = "s3cr3t-" + os.urandom(4).hex()
-    options = {"image": "debian", "command": "sleep 120", "env": {"MODE": "one", "TOKEN": secret}, "memory": "128m",
-               "stop_timeout": 1}  # fmt: skip
+    options = {"image": "debian", "command": "sleep 120", "env": {"MODE": "one", "SESSION_VALUE": secret},
+               "memory": "128m", "stop_timeout": 1}  # fmt: skip
     first = container(runtime, name, **options)
     assert first["changed"] is True
     again = container(runtime, name, **options)
     assert again["changed"] is False, again
-    changed = container(runtime, name, **{**options, "env": {"MODE": "two", "TOKEN": secret}})
+    changed = container(runtime, name, **{**options, "env": {"MODE": "two", "SESSION_VALUE": secret}})
     assert changed["changed"] is True and changed["actions"] == ["remove", "create", "start"]
     # The diff names the keys and which changed, never a value; the state files are root's alone.
     after, before = changed["diff"]["after"]["env"], changed["diff"]["before"]["env"]
-    assert after["MODE"] == "******** (changed)" and after["TOKEN"] == "********" and "PATH" in after
+    assert after["MODE"] == "******** (changed)" and after["SESSION_VALUE"] == "********" and "PATH" in after
     assert set(before.values()) == {"********"} and set(after.values()) == {"********", "******** (changed)"}
     assert secret not in json.dumps(changed["diff"]) and "two" not in json.dumps(changed["diff"])
     for path in (
@@ -362,7 +326,7 @@ def test_a_role_runs_nginx_configures_it_through_the_connection_and_removes_it_w
     settings = {
         "web_name": name, "web_port": port, "web_root": runtime["root"], "web_run_dir": runtime["run_dir"],
         "web_bridge": runtime["bridge"], "web_subnet": runtime["subnet"],
-        "ansible_python_interpreter": sys.executable,
+        "ansible_python_interpreter": HOST_PYTHON,
     }  # fmt: skip
     env = dict(os.environ, ANSIBLE_ROLES_PATH=str(tmp_path / "roles"))
     try:
@@ -381,10 +345,53 @@ def test_a_role_runs_nginx_configures_it_through_the_connection_and_removes_it_w
 
         wait_for(lambda: page() == "configured through the connection plugin", 20, f"nginx answered {page()!r}")
         group = cgroups.CgroupV1(name)
-        with open(os.path.join(group.paths["memory"], "memory.limit_in_bytes")) as limit:
-            assert int(limit.read()) == 64 << 20
+        limits = {("memory", "memory.limit_in_bytes"): str(64 << 20), ("cpu", "cpu.cfs_quota_us"): "50000",
+                  ("cpu", "cpu.cfs_period_us"): "100000", ("pids", "pids.max"): "100"}  # fmt: skip
+        for (controller, key), expected in limits.items():
+            with open(os.path.join(group.paths[controller], key)) as limit:
+                assert limit.read().strip() == expected, key
     finally:
         removed = container(runtime, name, state="absent", stop_timeout=2)
     assert removed["changed"] is True, removed["_output"]
     assert residue(runtime, name) == []
     assert page() is None
+
+
+def test_every_option_reaches_the_container_and_check_mode_creates_nothing(runtime, named, tmp_path):
+    name = named()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "in").write_text("from the host\n")
+    script = (
+        "id -u; id -g; pwd; touch /x 2>/dev/null && echo rw || echo ro; touch /scratch/y && echo tmpfs; cat /data/in;"
+        " touch /data/out 2>/dev/null || echo data-ro; ls /sys/class/net; grep CapBnd /proc/self/status; sleep 300"
+    )
+    options = {
+        "image": "debian", "entrypoint": ["/bin/sh", "-c"], "command": [script], "working_dir": "/srv",
+        "user": "65534:65534", "read_only": True, "tmpfs": ["/scratch"], "volumes": [f"{shared}:/data:ro"],
+        "network": "none", "memory": "64m", "memory_swap": "128m", "cpu_shares": 512, "cpuset_cpus": "0",
+        "capabilities": ["NET_ADMIN"], "cap_drop": ["CHOWN"], "stop_timeout": 1,
+    }  # fmt: skip
+    checked = container(runtime, name, **options, check=True)
+    assert checked["changed"] is True and checked["actions"] == ["create", "start"], checked["_output"]
+    assert rt(runtime).state(name) is None
+    started = container(runtime, name, **options)
+    assert started["changed"] is True, started["_output"]
+    wait_for(lambda: b"CapBnd" in rt(runtime).logs(name), 20, "no output")
+    lines = rt(runtime).logs(name).decode().split()
+    # Default set less CHOWN (bit 0), plus NET_ADMIN (bit 12).
+    assert lines == ["65534", "65534", "/srv", "ro", "tmpfs", "from", "the", "host", "data-ro", "lo", "CapBnd:",
+                     "00000000a80435fa"], lines  # fmt: skip
+    assert not (shared / "out").exists()
+    group = cgroups.CgroupV1(name)
+
+    def read(controller, key):
+        return open(os.path.join(group.paths[controller], key)).read().strip()
+
+    assert read("memory", "memory.limit_in_bytes") == str(64 << 20)
+    if os.path.exists(os.path.join(group.paths["memory"], "memory.memsw.limit_in_bytes")):
+        assert read("memory", "memory.memsw.limit_in_bytes") == str(128 << 20)
+    assert read("cpu", "cpu.shares") == "512"
+    assert read("cpuset", "cpuset.cpus") == "0"
+    again = container(runtime, name, **options, check=True)
+    assert again["changed"] is False, again["_output"]

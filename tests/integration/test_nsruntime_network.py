@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO_DIR, run, runtime_residue
 
 sys.path.insert(0, str(REPO_DIR / "collections"))
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import namespaces, network, overlay
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import namespaces, network, overlay, spec
 
 
 @pytest.fixture
@@ -40,10 +40,9 @@ def container(image, net, tmp_path, argv, published_ports=(), name=None):
         etc = network.write_etc(str(directory), name, info["ip"])
         merged = overlay.mount_rootfs(store, record, str(directory))
         stack.callback(overlay.unmount_rootfs, str(directory))
-        volumes = [{"source": source, "target": target, "read_only": True} for target, source in etc.items()]
-        helper, init = namespaces.spawn(
-            {"rootfs": merged, "argv": argv, "hostname": name, "netns": info["netns"], "volumes": volumes}
-        )
+        settings = {"image": "debian", "argv": argv, "env": {"PATH": spec.DEFAULT_PATH}, "hostname": name,
+                    "network": "bridge", **spec.options_config({})}  # fmt: skip
+        helper, init = namespaces.spawn(spec.build(settings, merged, info["netns"], sorted(etc.items())), merged)
 
         def stop():
             with contextlib.suppress(ProcessLookupError):

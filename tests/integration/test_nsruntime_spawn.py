@@ -10,19 +10,26 @@ import pytest
 from conftest import REPO_DIR
 
 sys.path.insert(0, str(REPO_DIR / "collections"))
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import namespaces, overlay
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import namespaces, overlay, spec
 
 # Docker's default bounding set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE
 # NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
 DOCKER_CAPBND = "00000000a80425fb"
 
 
-def run_container(image, container_dir, spec):
+def document(merged, argv, hostname, user=None, **config):
+    """The OCI document for a container of these settings, as the runtime builds it (spec.py)."""
+    settings = {"image": "debian", "argv": argv, "env": {"PATH": spec.DEFAULT_PATH}, "hostname": hostname,
+                "network": "none", **spec.options_config({}), **config}  # fmt: skip
+    return spec.build(settings, merged, user=spec.resolve_user(merged, user))
+
+
+def run_container(image, container_dir, settings):
     store, record = image
     merged = overlay.mount_rootfs(store, record, str(container_dir))
     read_end, write_end = os.pipe()
     try:
-        helper, init = namespaces.spawn({"rootfs": merged, "stdio": (None, write_end, write_end), **spec})
+        helper, init = namespaces.spawn(document(merged, **settings), merged, (None, write_end, write_end))
         os.close(write_end)
         write_end = None
         host_view = {kind: os.readlink(f"/proc/{init}/ns/{kind}") for kind in ("pid", "net", "uts", "mnt")}

@@ -14,7 +14,7 @@ import errno
 import os
 import time
 
-V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer")
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices")
 V2_CONTROLLERS = ("memory", "cpu", "cpuset", "pids")
 CPU_PERIOD_US = 100000
 UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -124,6 +124,15 @@ class CgroupV1:
         if pids_limit:
             _write(os.path.join(self.paths["pids"], "pids.max"), pids_limit)
 
+    def devices(self, rules):
+        """The spec's linux.resources.devices, in order, as the devices controller's allow and deny lists."""
+        for rule in rules:
+            if rule.get("type", "a") == "a" and "major" not in rule and "minor" not in rule:
+                text = "a"
+            else:
+                text = f"{rule.get('type', 'a')} {rule.get('major', '*')}:{rule.get('minor', '*')} {rule['access']}"
+            _write(os.path.join(self.paths["devices"], "devices.allow" if rule["allow"] else "devices.deny"), text)
+
     def add(self, pid):
         for path in self.paths.values():
             _write(os.path.join(path, "cgroup.procs"), pid)
@@ -199,6 +208,15 @@ class CgroupV2:
             _write(self._controller_file("cpuset", "cpuset.cpus", "cpuset_cpus"), cpuset_cpus)
         if pids_limit:
             _write(self._controller_file("pids", "pids.max", "pids_limit"), pids_limit)
+
+    def devices(self, rules):
+        """The spec's linux.resources.devices as a BPF device program on the cgroup (devices.py)."""
+        from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import devices  # noqa: PLC0415
+
+        try:
+            devices.attach(self.path, rules)
+        except OSError as exc:
+            raise CgroupError(f"linux.resources.devices on {self.path}: {exc}") from exc
 
     def add(self, pid):
         _write(os.path.join(self.path, "cgroup.procs"), pid)

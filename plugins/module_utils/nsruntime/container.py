@@ -24,7 +24,7 @@ import signal
 import tempfile
 import time
 
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, namespaces, network, overlay
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, namespaces, network, overlay, spec
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.layers import Store
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import locked
 
@@ -276,16 +276,15 @@ class Runtime:
                 # No stdin, as `docker run` without -i (an attached run must not read the terminal).
                 stdin = os.open(os.devnull, os.O_RDONLY)
                 stack.callback(os.close, stdin)
-                volumes = [{"source": s, "target": t, "read_only": False} for t, s in etc.items()]
-                spec = {
-                    "rootfs": merged, "argv": config["argv"], "env": config["env"], "hostname": config["hostname"],
-                    "working_dir": config["working_dir"], "user": config["user"], "read_only": config["read_only"],
-                    "tmpfs": config["tmpfs"], "volumes": config["volumes"] + volumes,
-                    "capabilities": config["capabilities"], "network": config["network"],
-                    "netns": info.get("netns"), "stdio": (stdin, output_write, output_write),
-                }  # fmt: skip
+                user = spec.resolve_user(merged, config["user"])
+                document = spec.build(config, merged, info.get("netns"), sorted(etc.items()), user)
+                # The bundle's config.json: what this start applies, for exec and for anyone who asks.
+                self._write_bundle(name, document)
+                group.devices(document["linux"]["resources"]["devices"])
                 try:
-                    helper, init = namespaces.spawn(spec, before_release=group.add)
+                    helper, init = namespaces.spawn(
+                        document, merged, (stdin, output_write, output_write), before_release=group.add
+                    )
                 finally:
                     os.close(output_write)
                 self.update_state(
@@ -349,21 +348,50 @@ class Runtime:
         shutil.rmtree(self.data_dir(name), ignore_errors=True)
         shutil.rmtree(self.state_dir(name), ignore_errors=True)
 
+    def bundle(self, name):
+        """The OCI runtime-spec document of the container's current (or last) start."""
+        with contextlib.suppress(FileNotFoundError), open(os.path.join(self.data_dir(name), "config.json")) as handle:
+            return json.load(handle)
+        return None
+
+    def _write_bundle(self, name, document):
+        handle, temporary = tempfile.mkstemp(dir=self.data_dir(name), prefix=".config.json.")
+        try:
+            with os.fdopen(handle, "w") as output:
+                json.dump(document, output, indent=1, sort_keys=True)
+            os.replace(temporary, os.path.join(self.data_dir(name), "config.json"))
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+
     def exec(self, name, argv, env=None, user=None, working_dir=None, stdin=b""):
-        """Run argv inside the running container; return (exit code, stdout, stderr)."""
-        state, config = self.state(name), self.config(name)
-        if not state or state.get("status") != "running":
+        """Run argv inside the running container, with its capabilities, limits and seccomp filter (as docker
+        exec does); return (exit code, stdout, stderr)."""
+        state, document = self.state(name), self.bundle(name)
+        if not state or state.get("status") != "running" or document is None:
             raise ContainerError(f"{name} is not running")
+        process = dict(document["process"], args=list(argv))
+        if env:
+            process["env"] = [*process["env"], *(f"{key}={value}" for key, value in env.items())]
+        if working_dir:
+            process["cwd"] = working_dir
+        if user is not None:
+            uid, gid = spec.resolve_user(f"/proc/{state['pid']}/root", user)
+            process["user"] = {"uid": uid, "gid": gid}
+            if uid != 0:
+                process["capabilities"] = dict(process["capabilities"], effective=[], permitted=[])
         return namespaces.enter(
-            state["pid"],
-            argv,
-            {**config["env"], **(env or {})},
-            working_dir=working_dir or config["working_dir"],
-            user=user if user is not None else config["user"],
-            capabilities=config["capabilities"],
-            join=cgroups.detect(name).add,
-            stdin=stdin,
+            state["pid"], process, document["linux"].get("seccomp"), join=cgroups.detect(name).add, stdin=stdin
         )
+
+    def copy(self, name, host_fd, path, into):
+        """put_file/fetch_file of the connection plugin: host_fd to path in the container (into) or back, as the
+        container's user, inside its mount namespace and root (namespaces.transfer)."""
+        state, document = self.state(name), self.bundle(name)
+        if not state or state.get("status") != "running" or document is None:
+            raise ContainerError(f"{name} is not running")
+        user = document["process"]["user"]
+        namespaces.transfer(state["pid"], host_fd, path, into, (user["uid"], user["gid"]))
 
     def logs(self, name):
         path = os.path.join(self.data_dir(name), "container.log")

@@ -1,15 +1,19 @@
 # Copyright: mooring developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Namespaces and the move into the root file system: how a process becomes a container's PID 1.
+"""Namespaces and the move into the root file system: how a process becomes a container's PID 1, exactly as an
+OCI runtime-spec document (spec.py) says.
 
     the caller          forks a helper, puts it in the container's cgroup, then lets it go on
-    the helper          unshare(mount, UTS, IPC, PID[, net]) or setns into a prepared net namespace, then forks:
-                        the child is PID 1 of the new PID namespace; the helper waits for it and exits with its
-                        status, so the caller's waitpid() gives the container's exit status
-    PID 1               makes every mount private, bind-mounts the root file system on itself, mounts /proc,
-                        a minimal /dev (tmpfs with the standard nodes, devpts, shm) and a read-only /sys, the
-                        volumes; sets the hostname; pivot_root (not chroot, which can be escaped) and detaches the
-                        old root; drops capabilities to Docker's default set; no_new_privs; the user; exec
+    the helper          joins the namespaces the document gives a path for (the network namespace the runtime
+                        prepared) and unshares the others, then forks: the child is PID 1 of the new PID namespace;
+                        the helper waits for it and exits with its status, so the caller's waitpid() gives the
+                        container's exit status
+    PID 1               makes every mount private, bind-mounts the root file system on itself, mounts the
+                        document's mounts (each destination resolved inside the root, paths.py, and mounted through
+                        its descriptor), fills /dev; pivot_root (not chroot, which can be escaped) and detaches the
+                        old root; writes the sysctls, masks and makes read-only runc's paths (/proc/sys among
+                        them); sets the hostname; then rlimits, the bounding set, the user, the other capability
+                        sets (inheritable and ambient empty), no_new_privs, the seccomp filter, exec
 
 Failures before exec are written to a close-on-exec pipe, so the caller learns why a container did not start.
 """
@@ -17,173 +21,242 @@ Failures before exec are written to a close-on-exec pipe, so the caller learns w
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
-import pwd
 import selectors
 import stat
 import struct
 
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import syscalls
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import paths, seccomp, spec, syscalls
 
-# Docker's default capabilities (moby's oci/caps/defaults.go), by number.
-CAPABILITIES = {
-    "CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6,
-    "SETUID": 7, "SETPCAP": 8, "LINUX_IMMUTABLE": 9, "NET_BIND_SERVICE": 10, "NET_BROADCAST": 11,
-    "NET_ADMIN": 12, "NET_RAW": 13, "IPC_LOCK": 14, "IPC_OWNER": 15, "SYS_MODULE": 16, "SYS_RAWIO": 17,
-    "SYS_CHROOT": 18, "SYS_PTRACE": 19, "SYS_PACCT": 20, "SYS_ADMIN": 21, "SYS_BOOT": 22, "SYS_NICE": 23,
-    "SYS_RESOURCE": 24, "SYS_TIME": 25, "SYS_TTY_CONFIG": 26, "MKNOD": 27, "LEASE": 28, "AUDIT_WRITE": 29,
-    "AUDIT_CONTROL": 30, "SETFCAP": 31, "MAC_OVERRIDE": 32, "MAC_ADMIN": 33, "SYSLOG": 34, "WAKE_ALARM": 35,
-    "BLOCK_SUSPEND": 36, "AUDIT_READ": 37, "PERFMON": 38, "BPF": 39, "CHECKPOINT_RESTORE": 40,
-}  # fmt: skip
-DEFAULT_CAPABILITIES = (
-    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP", "SETPCAP",
-    "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
-)  # fmt: skip
-DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
 PR_SET_CHILD_SUBREAPER = 36
+_MOUNT_FLAGS = {
+    "ro": syscalls.MS_RDONLY, "rw": 0, "nosuid": syscalls.MS_NOSUID, "suid": 0, "nodev": syscalls.MS_NODEV,
+    "dev": 0, "noexec": syscalls.MS_NOEXEC, "exec": 0, "relatime": syscalls.MS_RELATIME,
+    "strictatime": syscalls.MS_STRICTATIME, "noatime": syscalls.MS_NOATIME, "nodiratime": syscalls.MS_NODIRATIME,
+    "sync": syscalls.MS_SYNCHRONOUS, "dirsync": syscalls.MS_DIRSYNC, "mand": syscalls.MS_MANDLOCK,
+    "bind": syscalls.MS_BIND, "rbind": syscalls.MS_BIND | syscalls.MS_REC, "async": 0, "atime": 0, "defaults": 0,
+}  # fmt: skip
+_PROPAGATION = {
+    "private": syscalls.MS_PRIVATE, "rprivate": syscalls.MS_PRIVATE | syscalls.MS_REC,
+    "slave": syscalls.MS_SLAVE, "rslave": syscalls.MS_SLAVE | syscalls.MS_REC,
+    "shared": syscalls.MS_SHARED, "rshared": syscalls.MS_SHARED | syscalls.MS_REC,
+    "unbindable": syscalls.MS_UNBINDABLE, "runbindable": syscalls.MS_UNBINDABLE | syscalls.MS_REC,
+}  # fmt: skip
+_DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+              ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))  # fmt: skip
 
 
-def capability_set(add=(), drop=()):
-    """Docker's default set with cap_add / cap_drop applied ('ALL' works in both, as in docker run)."""
-    names = set(DEFAULT_CAPABILITIES)
-    for name in (name.upper().removeprefix("CAP_") for name in add):
-        names |= set(CAPABILITIES) if name == "ALL" else {name}
-    for name in (name.upper().removeprefix("CAP_") for name in drop):
-        names = set() if name == "ALL" else names - {name}
-    unknown = sorted(names - set(CAPABILITIES))
-    if unknown:
-        raise ValueError(f"capabilities: unknown {', '.join(unknown)}")
-    return names
+def _options(options):
+    """OCI mount options -> (flags, propagation flags, data)."""
+    flags, propagation, data = 0, 0, []
+    for option in options or []:
+        if option in _MOUNT_FLAGS:
+            flags |= _MOUNT_FLAGS[option]
+        elif option in _PROPAGATION:
+            propagation |= _PROPAGATION[option]
+        else:
+            data.append(option)
+    return flags, propagation, ",".join(data) or None
 
 
-def _prepare_dev(dev):
-    syscalls.mount("tmpfs", dev, "tmpfs", syscalls.MS_NOSUID, "mode=755,size=65536k")
-    for name, (major, minor) in DEVICES.items():
-        path = os.path.join(dev, name)
-        os.mknod(path, 0o666 | 0o020000, os.makedev(major, minor))
-        os.chmod(path, 0o666)  # noqa: S103 - /dev/null and friends are for everyone, as on any host
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-                         ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")):  # fmt: skip
-        os.symlink(target, os.path.join(dev, name))
-    for name in ("pts", "shm"):
-        os.mkdir(os.path.join(dev, name), 0o755)
-    syscalls.mount(
-        "devpts", os.path.join(dev, "pts"), "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
-        "newinstance,ptmxmode=0666,mode=0620",
-    )  # fmt: skip
-    syscalls.mount("shm", os.path.join(dev, "shm"), "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=1777")
+def _device(directory, name, device):
+    kind = stat.S_IFCHR if device["type"] in ("c", "u") else stat.S_IFBLK if device["type"] == "b" else stat.S_IFIFO
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=directory)
+    os.mknod(name, kind | 0o600, os.makedev(device.get("major", 0), device.get("minor", 0)), dir_fd=directory)
+    os.chown(name, device.get("uid", 0), device.get("gid", 0), dir_fd=directory, follow_symlinks=False)
+    os.chmod(name, device.get("fileMode", 0o666), dir_fd=directory)
 
 
-def _enter_rootfs(spec):
-    rootfs = spec["rootfs"]
+def _populate_dev(root_fd, document):
+    """The standard nodes and links of a tmpfs /dev, then the spec's linux.devices (paths inside the root)."""
+    dev = paths.open_in_root(root_fd, "/dev", flags=os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for path, kind, major, minor in spec.DEFAULT_DEVICES:
+            _device(dev, os.path.basename(path), {"type": kind, "major": major, "minor": minor, "fileMode": 0o666})
+        for name, target in _DEV_LINKS:
+            with contextlib.suppress(FileExistsError):
+                os.symlink(target, name, dir_fd=dev)
+    finally:
+        os.close(dev)
+    for device in document["linux"].get("devices") or []:
+        directory, name = paths.parent(root_fd, device["path"], make_dirs=True)
+        try:
+            _device(directory, name, device)
+        finally:
+            os.close(directory)
+
+
+def _mount_all(document, rootfs):
+    """The spec's mounts, each destination resolved inside the root (a link in the image is followed as the
+    container would follow it, never onto the host) and mounted through its descriptor."""
+    root_fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for entry in document.get("mounts") or []:
+            flags, propagation, data = _options(entry.get("options"))
+            bind = entry.get("type") == "bind" or flags & syscalls.MS_BIND
+            create = "file" if bind and not os.path.isdir(entry["source"]) else "dir"
+            target_fd = paths.open_in_root(root_fd, entry["destination"], create=create)
+            target = paths.fd_path(target_fd)
+            try:
+                if bind:
+                    syscalls.mount(entry["source"], target, None, syscalls.MS_BIND | (flags & syscalls.MS_REC))
+                else:
+                    syscalls.mount(entry.get("source") or entry["type"], target, entry["type"], flags, data)
+            finally:
+                os.close(target_fd)
+            remount = flags & ~(syscalls.MS_BIND | syscalls.MS_REC) if bind else 0
+            if remount or propagation:
+                # The descriptor above names the directory under the new mount; the mount itself is reached
+                # by resolving the destination again.
+                target_fd = paths.open_in_root(root_fd, entry["destination"])
+                try:
+                    if remount:
+                        syscalls.mount(
+                            None, paths.fd_path(target_fd), None, syscalls.MS_REMOUNT | syscalls.MS_BIND | remount
+                        )
+                    if propagation:
+                        syscalls.mount(None, paths.fd_path(target_fd), None, propagation)
+                finally:
+                    os.close(target_fd)
+            if entry["destination"] == "/dev" and entry.get("type") == "tmpfs":
+                _populate_dev(root_fd, document)
+    finally:
+        os.close(root_fd)
+
+
+def _enter_rootfs(document, rootfs):
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     syscalls.mount(rootfs, rootfs, None, syscalls.MS_BIND | syscalls.MS_REC)
-    hardened = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
-    for name in ("proc", "dev", "sys"):
-        os.makedirs(os.path.join(rootfs, name), exist_ok=True)
-    syscalls.mount("proc", os.path.join(rootfs, "proc"), "proc", hardened)
-    if spec.get("network", "none") != "host":
-        # As Docker: in the container's own network namespace any user may bind ports below 1024.
-        with open(os.path.join(rootfs, "proc/sys/net/ipv4/ip_unprivileged_port_start"), "w") as ports:
-            ports.write("0")
-    _prepare_dev(os.path.join(rootfs, "dev"))
-    syscalls.mount("sysfs", os.path.join(rootfs, "sys"), "sysfs", hardened | syscalls.MS_RDONLY)
-    for volume in spec.get("volumes", []):
-        target = os.path.join(rootfs, volume["target"].lstrip("/"))
-        if os.path.isdir(volume["source"]):
-            os.makedirs(target, exist_ok=True)
-        else:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "a"):
-                pass
-        syscalls.mount(volume["source"], target, None, syscalls.MS_BIND | syscalls.MS_REC)
-        if volume.get("read_only"):
-            syscalls.mount(None, target, None, syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY)
-    for path in spec.get("tmpfs", []):
-        target = os.path.join(rootfs, path.lstrip("/"))
-        os.makedirs(target, exist_ok=True)
-        syscalls.mount("tmpfs", target, "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=1777")
+    _mount_all(document, rootfs)
     os.chdir(rootfs)
     os.makedirs(".mooring-old", exist_ok=True)
     syscalls.pivot_root(".", ".mooring-old")
     os.chdir("/")
     syscalls.umount("/.mooring-old", syscalls.MNT_DETACH)
     os.rmdir("/.mooring-old")
-    if spec.get("read_only"):
+
+
+def _harden(document):
+    """After pivot_root, so that every path is the container's own: sysctls, then masked and read-only paths (runc's
+    order: /proc/sys is read-only once the sysctls are written), then the read-only root."""
+    linux = document["linux"]
+    for key, value in (linux.get("sysctl") or {}).items():
+        with open("/proc/sys/" + key.replace(".", "/"), "w") as setting:
+            setting.write(value)
+    for path in linux.get("maskedPaths") or []:
+        try:
+            if os.path.isdir(path):
+                syscalls.mount("tmpfs", path, "tmpfs", syscalls.MS_RDONLY, "size=0")
+            else:
+                syscalls.mount("/dev/null", path, None, syscalls.MS_BIND)
+        except FileNotFoundError:
+            continue
+    hardened = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC | syscalls.MS_RDONLY
+    for path in linux.get("readonlyPaths") or []:
+        try:
+            syscalls.mount(path, path, None, syscalls.MS_BIND | syscalls.MS_REC)
+        except FileNotFoundError:
+            continue
+        syscalls.mount(None, path, None, syscalls.MS_REMOUNT | syscalls.MS_BIND | hardened)
+    if document["root"].get("readonly"):
         syscalls.mount(None, "/", None, syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY)
 
 
-def _drop_privileges(spec):
-    keep = {CAPABILITIES[name] for name in spec.get("capabilities", DEFAULT_CAPABILITIES)}
+def _mask(names):
+    mask = 0
+    for name in names or []:
+        mask |= 1 << spec.CAPABILITIES[name.removeprefix("CAP_")]
+    return mask
+
+
+def _become(process, seccomp_spec=None):
+    """The process's identity and limits, in the order that keeps each step possible: rlimits and oom score,
+    the bounding set, the user, the effective/permitted/inheritable sets, the ambient set cleared, no_new_privs,
+    the working directory, and last the seccomp filter (then only execve is left to do)."""
+    import resource  # noqa: PLC0415
+
+    for limit in process.get("rlimits") or []:
+        kind = getattr(resource, limit["type"])
+        resource.setrlimit(kind, tuple(resource.RLIM_INFINITY if value == -1 else value
+                                       for value in (limit["soft"], limit["hard"])))  # fmt: skip
+    if process.get("oomScoreAdj") is not None:
+        with open("/proc/self/oom_score_adj", "w") as score:
+            score.write(str(process["oomScoreAdj"]))
+    capabilities = process.get("capabilities") or {}
+    keep = _mask(capabilities.get("bounding"))
     with open("/proc/sys/kernel/cap_last_cap") as last_cap:
         last = int(last_cap.read())
     for number in range(last + 1):
-        if number not in keep:
+        if not keep >> number & 1:
             syscalls.prctl(syscalls.PR_CAPBSET_DROP, number)
-    syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
-    user = spec.get("user")
-    if user:
-        uid, gid = resolve_user(str(user))
-        # As runc does: the user owns its stdio pipes, so that it can reopen /dev/stdout (/proc/self/fd/1).
-        for fd in (0, 1, 2):
-            with contextlib.suppress(OSError):
-                if stat.S_ISFIFO(os.fstat(fd).st_mode):
-                    os.fchown(fd, uid, gid)
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
+    user = process.get("user") or {}
+    uid, gid = user.get("uid", 0), user.get("gid", 0)
+    # As runc does: the user owns its stdio pipes, so that it can reopen /dev/stdout (/proc/self/fd/1).
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.fchown(fd, uid, gid)
+    os.setgroups(list(user.get("additionalGids") or []))
+    os.setgid(gid)
+    os.setuid(uid)
+    syscalls.capset(
+        _mask(capabilities.get("effective")), _mask(capabilities.get("permitted")),
+        _mask(capabilities.get("inheritable")),
+    )  # fmt: skip
+    syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
+    if process.get("noNewPrivileges"):
+        syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
+    os.chdir(process.get("cwd") or "/")
+    if seccomp_spec:
+        seccomp.load(seccomp_spec)
 
 
-def resolve_user(user):
-    """'uid[:gid]' or 'name[:group]' -> (uid, gid), names looked up in the container's /etc/passwd and /etc/group
-    (this runs after pivot_root, so the C library reads the container's files)."""
-    name, _sep, group = user.partition(":")
-    if name.isdigit():
-        uid, default_gid = int(name), int(name)
-        with contextlib.suppress(KeyError):
-            default_gid = pwd.getpwuid(uid).pw_gid
-    else:
-        entry = pwd.getpwnam(name)
-        uid, default_gid = entry.pw_uid, entry.pw_gid
-    if not group:
-        return uid, default_gid
-    return uid, int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+def _env(process):
+    return dict(item.split("=", 1) for item in process.get("env") or [] if "=" in item)
 
 
-def _init(spec, errors):
+def _init(document, rootfs, stdio, errors):
     """PID 1 of the new namespaces: never returns."""
     try:
-        _enter_rootfs(spec)
-        syscalls.sethostname(spec["hostname"])
-        for fd, target in zip((0, 1, 2), spec.get("stdio", (None, None, None)), strict=True):
+        _enter_rootfs(document, rootfs)
+        _harden(document)
+        if document.get("hostname") and any(ns["type"] == "uts" for ns in document["linux"]["namespaces"]):
+            syscalls.sethostname(document["hostname"])
+        for fd, target in zip((0, 1, 2), stdio, strict=True):
             if target is not None:
                 os.dup2(target, fd)
-        _drop_privileges(spec)
-        os.chdir(spec.get("working_dir") or "/")
-        env = spec.get("env", {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"})
-        os.execvpe(spec["argv"][0], spec["argv"], env)  # noqa: S606 - running the container's command is the point
+        process = document["process"]
+        _become(process, document["linux"].get("seccomp"))
+        os.execvpe(process["args"][0], process["args"], _env(process))  # noqa: S606 - the container's command
     except BaseException as exc:
         message = f"{type(exc).__name__}: {exc}".encode()
         os.write(errors, message[:4000])
     os._exit(127)
 
 
-def _helper(spec, go_read, pid_write, errors_write):
-    """The forked helper: wait for the go, unshare, fork PID 1, report its pid, wait for it. Never returns."""
+_NAMESPACE_FLAGS = {"mount": syscalls.CLONE_NEWNS, "uts": syscalls.CLONE_NEWUTS, "ipc": syscalls.CLONE_NEWIPC,
+                    "pid": syscalls.CLONE_NEWPID, "network": syscalls.CLONE_NEWNET,
+                    "cgroup": syscalls.CLONE_NEWCGROUP}  # fmt: skip
+
+
+def _helper(document, rootfs, stdio, go_read, pid_write, errors_write):
+    """The forked helper: wait for the go, join or unshare the namespaces, fork PID 1, report its pid, wait for
+    it. Never returns."""
     try:
         os.read(go_read, 1)
-        flags = syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWPID
-        if spec.get("netns"):
-            with open(spec["netns"]) as netns:
-                syscalls.setns(netns.fileno(), syscalls.CLONE_NEWNET)
-        elif spec.get("network", "none") != "host":
-            flags |= syscalls.CLONE_NEWNET
+        flags = 0
+        for namespace in document["linux"]["namespaces"]:
+            if namespace.get("path"):
+                with open(namespace["path"]) as joined:
+                    syscalls.setns(joined.fileno(), _NAMESPACE_FLAGS[namespace["type"]])
+            else:
+                flags |= _NAMESPACE_FLAGS[namespace["type"]]
         syscalls.unshare(flags)
         init = os.fork()
         if init == 0:
             os.close(pid_write)
-            _init(spec, errors_write)
+            _init(document, rootfs, stdio, errors_write)
         os.close(errors_write)
         os.write(pid_write, struct.pack("i", init))
         os.close(pid_write)
@@ -194,11 +267,11 @@ def _helper(spec, go_read, pid_write, errors_write):
         os._exit(127)
 
 
-def spawn(spec, before_release=None):
-    """Start a container's PID 1 as spec says (rootfs, argv, hostname, env, working_dir, user, volumes, tmpfs,
-    read_only, capabilities, netns, stdio). Returns (helper pid, init pid as the host sees it); waitpid(helper)
-    gives the container's exit status. before_release(helper pid) runs while the helper waits - the moment to put
-    it in the container's cgroup, so that every process of the container is born inside it."""
+def spawn(document, rootfs, stdio=(None, None, None), before_release=None):
+    """Start a container's PID 1 as the OCI document says, on rootfs (its root.path, made absolute), with stdio
+    (fds or None). Returns (helper pid, init pid as the host sees it); waitpid(helper) gives the container's exit
+    status. before_release(helper pid) runs while the helper waits - the moment to put it in the container's
+    cgroup, so that every process of the container is born inside it."""
     errors_read, errors_write = os.pipe2(os.O_CLOEXEC)
     go_read, go_write = os.pipe2(os.O_CLOEXEC)
     pid_read, pid_write = os.pipe2(os.O_CLOEXEC)
@@ -207,7 +280,7 @@ def spawn(spec, before_release=None):
         os.close(errors_read)
         os.close(go_write)
         os.close(pid_read)
-        _helper(spec, go_read, pid_write, errors_write)
+        _helper(document, rootfs, stdio, go_read, pid_write, errors_write)
     os.close(errors_write)
     os.close(go_read)
     os.close(pid_write)
@@ -237,12 +310,12 @@ def _exit_code(status):
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
-def _enter_child(handles, root, stdio, spec):
-    """The forked side of enter(): join, setns, chroot, fork into the PID namespace, exec. Never returns."""
-    argv = spec["argv"]
+def _enter_child(handles, root, stdio, process, seccomp_spec, join):
+    """The forked side of enter(): join, setns, chroot, fork into the PID namespace, become, exec. Never returns."""
+    argv = process["args"]
     try:
-        if spec["join"]:
-            spec["join"](os.getpid())
+        if join:
+            join(os.getpid())
         for kind in ("ipc", "uts", "net", "pid", "mnt"):
             syscalls.setns(handles[kind], 0)
         os.fchdir(root)
@@ -252,9 +325,8 @@ def _enter_child(handles, root, stdio, spec):
             try:
                 for source, target in zip(stdio, (0, 1, 2), strict=True):
                     os.dup2(source, target)
-                _drop_privileges(spec)
-                os.chdir(spec["working_dir"] or "/")
-                os.execvpe(argv[0], argv, spec["env"])  # noqa: S606 - running the command inside is the point
+                _become(process, seccomp_spec)
+                os.execvpe(argv[0], argv, _env(process))  # noqa: S606 - running the command inside is the point
             except BaseException as exc:
                 os.write(2, f"exec {argv[0]}: {exc}\n".encode())
             os._exit(127)
@@ -265,9 +337,10 @@ def _enter_child(handles, root, stdio, spec):
         os._exit(126)
 
 
-def enter(init_pid, argv, env, working_dir="/", user=None, capabilities=DEFAULT_CAPABILITIES, join=None, stdin=b""):
-    """Run argv inside a running container (docker exec): setns into PID 1's IPC, UTS, net, PID and mount
-    namespaces, its root, its cgroup (join(pid)) and its capability set; return (exit code, stdout, stderr)."""
+def enter(init_pid, process, seccomp_spec=None, join=None, stdin=b""):
+    """Run an OCI process (args, env, cwd, user, capabilities, rlimits, noNewPrivileges) inside a running
+    container (docker exec): setns into PID 1's IPC, UTS, net, PID and mount namespaces, its root, its cgroup
+    (join(pid)), under the container's seccomp filter; return (exit code, stdout, stderr)."""
     kinds = ("ipc", "uts", "net", "pid", "mnt")
     handles = {kind: os.open(f"/proc/{init_pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in kinds}
     root = os.open(f"/proc/{init_pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -276,8 +349,7 @@ def enter(init_pid, argv, env, working_dir="/", user=None, capabilities=DEFAULT_
     if child == 0:
         for fd in (in_write, out_read, err_read):
             os.close(fd)
-        spec = {"argv": argv, "env": env, "working_dir": working_dir, "user": user, "capabilities": capabilities}
-        _enter_child(handles, root, (in_read, out_write, err_write), {**spec, "join": join})
+        _enter_child(handles, root, (in_read, out_write, err_write), process, seccomp_spec, join)
     for fd in (in_read, out_write, err_write, root, *handles.values()):
         os.close(fd)
     with os.fdopen(in_write, "wb") as feed, contextlib.suppress(BrokenPipeError):
@@ -296,3 +368,45 @@ def enter(init_pid, argv, env, working_dir="/", user=None, capabilities=DEFAULT_
                     os.close(key.fd)
     _pid, status = os.waitpid(child, 0)
     return _exit_code(status), outputs[out_read], outputs[err_read]
+
+
+def transfer(init_pid, host_fd, path, into, user=(0, 0)):
+    """Copy between an open host file (host_fd) and path inside a running container, the way a process of the
+    container would: in a child that joins the container's mount namespace, chroots to its root and takes its
+    user. A link the container planted is then followed inside the container, never onto the host."""
+    errors_read, errors_write = os.pipe2(os.O_CLOEXEC)
+    mount_ns = os.open(f"/proc/{init_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    root = os.open(f"/proc/{init_pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(errors_read)
+            syscalls.setns(mount_ns, syscalls.CLONE_NEWNS)
+            os.fchdir(root)
+            os.chroot(".")
+            os.setgroups([])
+            os.setgid(user[1])
+            os.setuid(user[0])
+            if into:
+                inside = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                source, target = host_fd, inside
+            else:
+                inside = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                source, target = inside, host_fd
+            while chunk := os.read(source, 1 << 20):
+                os.write(target, chunk)
+            os.close(inside)
+            os._exit(0)
+        except BaseException as exc:
+            os.write(errors_write, str(exc).encode()[:4000])
+            os._exit(1)
+    os.close(errors_write)
+    os.close(mount_ns)
+    os.close(root)
+    message = b""
+    while chunk := os.read(errors_read, 4096):
+        message += chunk
+    os.close(errors_read)
+    _pid, status = os.waitpid(child, 0)
+    if status != 0:
+        raise OSError(message.decode(errors="replace") or f"the copy ended with status {status}")

@@ -23,15 +23,26 @@ MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
 MS_BIND = 0x1000
 MS_REC = 0x4000
+MS_UNBINDABLE = 0x20000
 MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MS_SHARED = 0x100000
+MS_RELATIME = 0x200000
+MS_STRICTATIME = 0x1000000
+MS_SYNCHRONOUS = 0x10
+MS_DIRSYNC = 0x80
+MS_MANDLOCK = 0x40
 MNT_DETACH = 0x2
 
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 SYS_PIVOT_ROOT = 155  # x86_64
 
 
@@ -79,3 +90,23 @@ def prctl(option, arg2=0, arg3=0, arg4=0, arg5=0):
         number = ctypes.get_errno()
         raise OSError(number, f"prctl({option}): {os.strerror(number)}")
     return result
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def capset(effective, permitted, inheritable):
+    """This thread's effective, permitted and inheritable capability sets, as bit masks (64 bits each)."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for index in (0, 1):
+        shift = 32 * index
+        data[index] = _CapData(
+            (effective >> shift) & 0xFFFFFFFF, (permitted >> shift) & 0xFFFFFFFF, (inheritable >> shift) & 0xFFFFFFFF
+        )
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
