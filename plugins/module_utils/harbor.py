@@ -22,6 +22,8 @@ except ImportError:  # the modules report it with missing_required_lib
 else:
     REQUESTS_IMPORT_ERROR = None
 
+# The OCI distribution spec lets registries refuse manifests above 4 MiB; mooring reads no more than that.
+MAX_MANIFEST_BYTES = 4 << 20
 MANIFEST_MEDIA_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -149,13 +151,14 @@ class RegistryClient(_HttpClient):
             )
         return RegistryError(f"the registry {self.registry} answered {answer.status_code} for {repository}")
 
-    def _manifest_request(self, method, repository, reference):
+    def _manifest_request(self, method, repository, reference, stream=False):
         """A manifest request (HEAD or GET); None when the registry does not hold the manifest."""
         answer = self.request(
             method,
             f"/v2/{repository}/manifests/{reference}",
             scope=f"repository:{repository}:pull",
             headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
+            stream=stream,
         )
         if answer.status_code == 404:
             return None
@@ -175,10 +178,20 @@ class RegistryClient(_HttpClient):
 
     def manifest_raw(self, repository, reference):
         """(the manifest's bytes, its media type), or None when the registry does not hold it."""
-        answer = self._manifest_request("GET", repository, reference)
+        answer = self._manifest_request("GET", repository, reference, stream=True)
         if answer is None:
             return None
-        return answer.content, answer.headers.get("Content-Type", "").split(";")[0]
+        # Read no more than a manifest can be: a registry is not trusted to send a small one.
+        raw = b""
+        for chunk in answer.iter_content(65536):
+            raw += chunk
+            if len(raw) > MAX_MANIFEST_BYTES:
+                answer.close()
+                raise RegistryError(
+                    f"the registry {self.registry} sent more than {MAX_MANIFEST_BYTES} bytes for the manifest "
+                    f"{repository}:{reference}; refused"
+                )
+        return raw, answer.headers.get("Content-Type", "").split(";")[0]
 
     def blob(self, repository, digest):
         """A streaming response for a blob (following the registry's redirect to its storage)."""

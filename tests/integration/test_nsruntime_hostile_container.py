@@ -5,6 +5,7 @@ host (host files, the host's mount table) or from the kernel's own view of the p
 word."""
 
 import ctypes
+import hashlib
 import io
 import json
 import os
@@ -201,25 +202,33 @@ def test_sysctls_ulimits_and_devices_reach_the_container(runtime, named):
     assert out.decode().split() == ["1", "512", "2048", "writable"]
 
 
-def _hostile_image(runtime, host_dir, host_file):
-    """The Debian image with a layer on top whose /etc/hostname, /data (a volume target) and /scratch (a tmpfs
-    target) are absolute links to host paths, and whose /etc/hosts links through /.. to a host file."""
+def _image_with_layer(runtime, name, members):
+    """Save in the store, as name, the Debian image with one more layer on top: members are (path, link target)
+    symlinks, or (path, None) empty files. Returns the new layer's digest."""
     store = Store(runtime["root"])
     record = store.image("debian")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, target in (("etc/hostname", host_file), ("data", host_dir), ("scratch", host_dir + "/tmpfs"),  # noqa: S108
-                             ("etc/hosts", "/../../../../.." + host_dir + "/keep")):  # fmt: skip
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.SYMTYPE, target
+        for path, target in members:
+            info = tarfile.TarInfo(path)
+            if target is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, target
             archive.addfile(info)
     raw = buffer.getvalue()
-    import hashlib  # noqa: PLC0415
-
     digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-    store.put_blob(digest, [raw], "hostile", len(raw))
-    store.unpack(digest, digest, "hostile")
-    store.save_image({**record, "name": "hostile", "layers": [*record["layers"], {"blob": digest, "diff_id": digest}]})
+    store.put_blob(digest, [raw], name, len(raw))
+    store.unpack(digest, digest, name)
+    store.save_image({**record, "name": name, "layers": [*record["layers"], {"blob": digest, "diff_id": digest}]})
+    return digest
+
+
+def _hostile_image(runtime, host_dir, host_file):
+    """The Debian image with a layer on top whose /etc/hostname, /data (a volume target) and /scratch (a tmpfs
+    target) are absolute links to host paths, and whose /etc/hosts links through /.. to a host file."""
+    _image_with_layer(runtime, "hostile", [
+        ("etc/hostname", host_file), ("data", host_dir), ("scratch", host_dir + "/tmpfs"),  # noqa: S108
+        ("etc/hosts", "/../../../../.." + host_dir + "/keep"),
+    ])  # fmt: skip
 
 
 def _host_state(paths):
@@ -331,19 +340,7 @@ def test_a_container_whose_shim_died_is_removed_with_all_its_processes(runtime, 
 
 def test_garbage_collection_keeps_the_layers_of_a_container_whose_image_was_removed(runtime, named):
     store = Store(runtime["root"])
-    record = store.image("debian")
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        info = tarfile.TarInfo("unique-" + os.urandom(6).hex())
-        archive.addfile(info)
-    raw = buffer.getvalue()
-    import hashlib  # noqa: PLC0415
-
-    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-    store.put_blob(digest, [raw], "unique", len(raw))
-    store.unpack(digest, digest, "unique")
-    store.save_image({**record, "name": "debian-copy", "layers": [*record["layers"], {"blob": digest,
-                                                                                     "diff_id": digest}]})  # fmt: skip
+    digest = _image_with_layer(runtime, "debian-copy", [("unique-" + os.urandom(6).hex(), None)])
     name = named()
     started = container(runtime, name, image="debian-copy", command="sleep 300")
     assert started["changed"] is True, started["_output"]

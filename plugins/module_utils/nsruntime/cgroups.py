@@ -126,12 +126,24 @@ class CgroupV1:
 
     def devices(self, rules):
         """The spec's linux.resources.devices, in order, as the devices controller's allow and deny lists."""
-        for rule in rules:
-            if rule.get("type", "a") == "a" and "major" not in rule and "minor" not in rule:
-                text = "a"
-            else:
-                text = f"{rule.get('type', 'a')} {rule.get('major', '*')}:{rule.get('minor', '*')} {rule['access']}"
-            _write(os.path.join(self.paths["devices"], "devices.allow" if rule["allow"] else "devices.deny"), text)
+        files = {}
+        try:
+            for rule in rules:
+                if rule.get("type", "a") == "a" and "major" not in rule and "minor" not in rule:
+                    text = "a"
+                else:
+                    text = f"{rule.get('type', 'a')} {rule.get('major', '*')}:{rule.get('minor', '*')} {rule['access']}"
+                name = "devices.allow" if rule["allow"] else "devices.deny"
+                if name not in files:
+                    files[name] = os.open(os.path.join(self.paths["devices"], name), os.O_WRONLY | os.O_CLOEXEC)
+                # One rule a write, as the controller parses them; one open a file.
+                try:
+                    os.write(files[name], text.encode())
+                except OSError as exc:
+                    raise CgroupError(f"cannot write {text!r} to {name} of {self.paths['devices']}: {exc}") from exc
+        finally:
+            for handle in files.values():
+                os.close(handle)
 
     def add(self, pid):
         for path in self.paths.values():

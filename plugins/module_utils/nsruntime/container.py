@@ -24,7 +24,14 @@ import signal
 import tempfile
 import time
 
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, namespaces, network, overlay, spec
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import (
+    cgroups,
+    namespaces,
+    network,
+    overlay,
+    seccomp,
+    spec,
+)
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.layers import Store
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import locked
 
@@ -131,7 +138,8 @@ class Runtime:
         handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{what}.")
         try:
             with os.fdopen(handle, "w") as output:
-                json.dump(value, output, indent=1, sort_keys=True)
+                # dumps, not dump: one call into the C encoder (dump to a file runs the pure-Python one).
+                output.write(json.dumps(value, sort_keys=True))
             os.replace(temporary, os.path.join(directory, what))
         finally:
             if os.path.exists(temporary):
@@ -283,8 +291,9 @@ class Runtime:
                 group.devices(document["linux"]["resources"]["devices"])
                 try:
                     helper, init = namespaces.spawn(
-                        document, merged, (stdin, output_write, output_write), before_release=group.add
-                    )
+                        document, merged, (stdin, output_write, output_write), before_release=group.add,
+                        seccomp_program=self._seccomp(document),
+                    )  # fmt: skip
                 finally:
                     os.close(output_write)
                 self.update_state(
@@ -358,7 +367,7 @@ class Runtime:
         handle, temporary = tempfile.mkstemp(dir=self.data_dir(name), prefix=".config.json.")
         try:
             with os.fdopen(handle, "w") as output:
-                json.dump(document, output, indent=1, sort_keys=True)
+                output.write(json.dumps(document, sort_keys=True))
             os.replace(temporary, os.path.join(self.data_dir(name), "config.json"))
         finally:
             if os.path.exists(temporary):
@@ -381,8 +390,13 @@ class Runtime:
             if uid != 0:
                 process["capabilities"] = dict(process["capabilities"], effective=[], permitted=[])
         return namespaces.enter(
-            state["pid"], process, document["linux"].get("seccomp"), join=cgroups.detect(name).add, stdin=stdin
+            state["pid"], process, self._seccomp(document), join=cgroups.detect(name).add, stdin=stdin
         )
+
+    def _seccomp(self, document):
+        if not document["linux"].get("seccomp"):
+            return None
+        return seccomp.cached_filter(document["linux"]["seccomp"], os.path.join(self.root, "cache", "seccomp"))
 
     def copy(self, name, host_fd, path, into):
         """put_file/fetch_file of the connection plugin: host_fd to path in the container (into) or back, as the

@@ -28,7 +28,6 @@ import struct
 
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import paths, seccomp, spec, syscalls
 
-PR_SET_CHILD_SUBREAPER = 36
 _MOUNT_FLAGS = {
     "ro": syscalls.MS_RDONLY, "rw": 0, "nosuid": syscalls.MS_NOSUID, "suid": 0, "nodev": syscalls.MS_NODEV,
     "dev": 0, "noexec": syscalls.MS_NOEXEC, "exec": 0, "relatime": syscalls.MS_RELATIME,
@@ -170,10 +169,11 @@ def _mask(names):
     return mask
 
 
-def _become(process, seccomp_spec=None):
+def _become(process, seccomp_program=None):
     """The process's identity and limits, in the order that keeps each step possible: rlimits and oom score,
     the bounding set, the user, the effective/permitted/inheritable sets, the ambient set cleared, no_new_privs,
-    the working directory, and last the seccomp filter (then only execve is left to do)."""
+    the working directory, and last the seccomp filter (then only execve is left to do). Without no_new_privs
+    the filter goes in before the user changes, while CAP_SYS_ADMIN still allows it (as runc does)."""
     import resource  # noqa: PLC0415
 
     for limit in process.get("rlimits") or []:
@@ -197,6 +197,8 @@ def _become(process, seccomp_spec=None):
         with contextlib.suppress(OSError):
             if stat.S_ISFIFO(os.fstat(fd).st_mode):
                 os.fchown(fd, uid, gid)
+    if seccomp_program and not process.get("noNewPrivileges"):
+        seccomp.install(seccomp_program)
     os.setgroups(list(user.get("additionalGids") or []))
     os.setgid(gid)
     os.setuid(uid)
@@ -208,15 +210,15 @@ def _become(process, seccomp_spec=None):
     if process.get("noNewPrivileges"):
         syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
     os.chdir(process.get("cwd") or "/")
-    if seccomp_spec:
-        seccomp.load(seccomp_spec)
+    if seccomp_program and process.get("noNewPrivileges"):
+        seccomp.install(seccomp_program)
 
 
 def _env(process):
     return dict(item.split("=", 1) for item in process.get("env") or [] if "=" in item)
 
 
-def _init(document, rootfs, stdio, errors):
+def _init(document, rootfs, stdio, errors, seccomp_program):
     """PID 1 of the new namespaces: never returns."""
     try:
         _enter_rootfs(document, rootfs)
@@ -227,7 +229,7 @@ def _init(document, rootfs, stdio, errors):
             if target is not None:
                 os.dup2(target, fd)
         process = document["process"]
-        _become(process, document["linux"].get("seccomp"))
+        _become(process, seccomp_program)
         os.execvpe(process["args"][0], process["args"], _env(process))  # noqa: S606 - the container's command
     except BaseException as exc:
         message = f"{type(exc).__name__}: {exc}".encode()
@@ -240,7 +242,7 @@ _NAMESPACE_FLAGS = {"mount": syscalls.CLONE_NEWNS, "uts": syscalls.CLONE_NEWUTS,
                     "cgroup": syscalls.CLONE_NEWCGROUP}  # fmt: skip
 
 
-def _helper(document, rootfs, stdio, go_read, pid_write, errors_write):
+def _helper(document, rootfs, stdio, go_read, pid_write, errors_write, seccomp_program):
     """The forked helper: wait for the go, join or unshare the namespaces, fork PID 1, report its pid, wait for
     it. Never returns."""
     try:
@@ -256,7 +258,7 @@ def _helper(document, rootfs, stdio, go_read, pid_write, errors_write):
         init = os.fork()
         if init == 0:
             os.close(pid_write)
-            _init(document, rootfs, stdio, errors_write)
+            _init(document, rootfs, stdio, errors_write, seccomp_program)
         os.close(errors_write)
         os.write(pid_write, struct.pack("i", init))
         os.close(pid_write)
@@ -267,11 +269,14 @@ def _helper(document, rootfs, stdio, go_read, pid_write, errors_write):
         os._exit(127)
 
 
-def spawn(document, rootfs, stdio=(None, None, None), before_release=None):
+def spawn(document, rootfs, stdio=(None, None, None), before_release=None, seccomp_program=None):
     """Start a container's PID 1 as the OCI document says, on rootfs (its root.path, made absolute), with stdio
     (fds or None). Returns (helper pid, init pid as the host sees it); waitpid(helper) gives the container's exit
     status. before_release(helper pid) runs while the helper waits - the moment to put it in the container's
-    cgroup, so that every process of the container is born inside it."""
+    cgroup, so that every process of the container is born inside it. seccomp_program: the document's filter
+    compiled (seccomp.cached_filter); built here when not given."""
+    if seccomp_program is None and document["linux"].get("seccomp"):
+        seccomp_program = seccomp.compile_filter(document["linux"]["seccomp"])
     errors_read, errors_write = os.pipe2(os.O_CLOEXEC)
     go_read, go_write = os.pipe2(os.O_CLOEXEC)
     pid_read, pid_write = os.pipe2(os.O_CLOEXEC)
@@ -280,7 +285,7 @@ def spawn(document, rootfs, stdio=(None, None, None), before_release=None):
         os.close(errors_read)
         os.close(go_write)
         os.close(pid_read)
-        _helper(document, rootfs, stdio, go_read, pid_write, errors_write)
+        _helper(document, rootfs, stdio, go_read, pid_write, errors_write, seccomp_program)
     os.close(errors_write)
     os.close(go_read)
     os.close(pid_write)
@@ -310,7 +315,7 @@ def _exit_code(status):
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
-def _enter_child(handles, root, stdio, process, seccomp_spec, join):
+def _enter_child(handles, root, stdio, process, seccomp_program, join):
     """The forked side of enter(): join, setns, chroot, fork into the PID namespace, become, exec. Never returns."""
     argv = process["args"]
     try:
@@ -325,7 +330,7 @@ def _enter_child(handles, root, stdio, process, seccomp_spec, join):
             try:
                 for source, target in zip(stdio, (0, 1, 2), strict=True):
                     os.dup2(source, target)
-                _become(process, seccomp_spec)
+                _become(process, seccomp_program)
                 os.execvpe(argv[0], argv, _env(process))  # noqa: S606 - running the command inside is the point
             except BaseException as exc:
                 os.write(2, f"exec {argv[0]}: {exc}\n".encode())
@@ -337,10 +342,10 @@ def _enter_child(handles, root, stdio, process, seccomp_spec, join):
         os._exit(126)
 
 
-def enter(init_pid, process, seccomp_spec=None, join=None, stdin=b""):
+def enter(init_pid, process, seccomp_program=None, join=None, stdin=b""):
     """Run an OCI process (args, env, cwd, user, capabilities, rlimits, noNewPrivileges) inside a running
     container (docker exec): setns into PID 1's IPC, UTS, net, PID and mount namespaces, its root, its cgroup
-    (join(pid)), under the container's seccomp filter; return (exit code, stdout, stderr)."""
+    (join(pid)), under the container's seccomp filter (compiled); return (exit code, stdout, stderr)."""
     kinds = ("ipc", "uts", "net", "pid", "mnt")
     handles = {kind: os.open(f"/proc/{init_pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in kinds}
     root = os.open(f"/proc/{init_pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -349,7 +354,7 @@ def enter(init_pid, process, seccomp_spec=None, join=None, stdin=b""):
     if child == 0:
         for fd in (in_write, out_read, err_read):
             os.close(fd)
-        _enter_child(handles, root, (in_read, out_write, err_write), process, seccomp_spec, join)
+        _enter_child(handles, root, (in_read, out_write, err_write), process, seccomp_program, join)
     for fd in (in_read, out_write, err_write, root, *handles.values()):
         os.close(fd)
     with os.fdopen(in_write, "wb") as feed, contextlib.suppress(BrokenPipeError):

@@ -11,9 +11,9 @@ Calls the list does not name are refused, so a syscall newer than the list is re
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
-import platform
 
 EPERM = 1
 ENOSYS = 38
@@ -103,7 +103,7 @@ def default_profile():
         # The native architecture only: a 32-bit call (int 0x80) is then killed, not checked against names
         # that differ between the two tables.
         "architectures": [
-            {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}.get(platform.machine(), "SCMP_ARCH_NATIVE")
+            {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}.get(os.uname().machine, "SCMP_ARCH_NATIVE")
         ],
         "syscalls": syscalls,
     }
@@ -119,7 +119,7 @@ def read_profile(path):
     if not isinstance(profile, dict) or not isinstance(profile.get("defaultAction"), str):
         raise ValueError(f"security_opts: seccomp={path} has no defaultAction; it is not a seccomp profile")
     if "archMap" in profile and not profile.get("architectures"):
-        machine = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}.get(platform.machine())
+        machine = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}.get(os.uname().machine)
         for entry in profile["archMap"]:
             if entry.get("architecture") == machine:
                 profile["architectures"] = [machine, *entry.get("subArchitectures", [])]
@@ -134,14 +134,14 @@ def read_profile(path):
 
 
 def _kernel_at_least(version):
-    mine = tuple(int(part) for part in platform.release().split("-")[0].split(".")[:2])
+    mine = tuple(int(part) for part in os.uname().release.split("-")[0].split(".")[:2])
     return mine >= tuple(int(part) for part in str(version).split(".")[:2])
 
 
 def for_container(profile, capabilities):
     """Docker's format -> the OCI spec's linux.seccomp for a container with these (bounding) capabilities:
     a rule applies when the container has every capability it includes and none it excludes."""
-    machine = platform.machine()
+    machine = os.uname().machine
     arches = {"x86_64": ("amd64", "x86", "x32"), "aarch64": ("arm64", "arm")}.get(machine, (machine,))
     rules = []
     for rule in profile.get("syscalls") or []:
@@ -205,7 +205,7 @@ def _library():
         ctypes.POINTER(_ArgCmp),
     ]
     library.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
-    library.seccomp_load.argtypes = [ctypes.c_void_p]
+    library.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
     library.seccomp_release.argtypes = [ctypes.c_void_p]
     return library
 
@@ -237,13 +237,13 @@ def _add_rule(library, context, rule, default):
             raise OSError(-result, f"seccomp: cannot add the rule for {name}: {os.strerror(-result)}")
 
 
-def load(spec):
-    """Install the OCI linux.seccomp filter on this process (it then holds for every process it execs). Needs
-    no_new_privs or CAP_SYS_ADMIN, as the kernel does."""
+def compile_filter(spec):
+    """The OCI linux.seccomp filter as the kernel's BPF program (bytes of struct sock_filter), built by
+    libseccomp. Done by the runtime before the container's process exists, so that PID 1 only installs it."""
     try:
         library = _library()
     except OSError as exc:
-        raise OSError(f"seccomp: libseccomp (libseccomp.so.2) is needed to load the filter: {exc}") from None
+        raise OSError(f"seccomp: libseccomp (libseccomp.so.2) is needed to build the filter: {exc}") from None
     default = _action(spec["defaultAction"], spec.get("defaultErrnoRet"))
     context = library.seccomp_init(default)
     if not context:
@@ -258,8 +258,52 @@ def load(spec):
                     raise OSError(-result, f"seccomp: cannot add the architecture {arch}")
         for rule in spec.get("syscalls") or []:
             _add_rule(library, context, rule, default)
-        result = library.seccomp_load(context)
-        if result != 0:
-            raise OSError(-result, f"seccomp: cannot load the filter: {os.strerror(-result)}")
+        exported = os.memfd_create("seccomp", os.MFD_CLOEXEC)
+        try:
+            result = library.seccomp_export_bpf(context, exported)
+            if result != 0:
+                raise OSError(-result, f"seccomp: cannot export the filter: {os.strerror(-result)}")
+            os.lseek(exported, 0, os.SEEK_SET)
+            program = b""
+            while chunk := os.read(exported, 65536):
+                program += chunk
+        finally:
+            os.close(exported)
     finally:
         library.seccomp_release(context)
+    return program
+
+
+def cached_filter(spec, cache_dir):
+    """compile_filter, kept under cache_dir by the spec's digest: a container's start then costs a file read, not
+    libseccomp's hundreds of rule additions."""
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    path = os.path.join(cache_dir, f"{key}.bpf")
+    try:
+        with open(path, "rb") as cached:
+            return cached.read()
+    except FileNotFoundError:
+        pass
+    program = compile_filter(spec)
+    os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+    temporary = f"{path}.{os.getpid()}"
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as output:
+        output.write(program)
+    os.replace(temporary, path)
+    return program
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def install(program):
+    """Install a BPF filter from compile_filter on this thread (and what it execs). Needs no_new_privs or
+    CAP_SYS_ADMIN, as the kernel does."""
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.addressof(buffer))
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+    if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, f"seccomp: cannot install the filter: {os.strerror(number)}")

@@ -14,6 +14,7 @@ cap_add) are checked here, so bad input fails before anything is created.
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import stat
@@ -77,13 +78,14 @@ class SpecError(ValueError):
 
 
 # -- options, checked -------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def bounding_set():
     """The capabilities this process may hand on (a container cannot get what its launcher lacks)."""
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith("CapBnd:"):
                 mask = int(line.split()[1], 16)
-    return {name for name, number in CAPABILITIES.items() if mask >> number & 1}
+    return frozenset(name for name, number in CAPABILITIES.items() if mask >> number & 1)
 
 
 def capability_set(add=(), drop=(), privileged=False):
