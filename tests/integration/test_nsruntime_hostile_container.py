@@ -348,3 +348,21 @@ def test_garbage_collection_keeps_the_layers_of_a_container_whose_image_was_remo
     assert removed["changed"] is True, removed["_output"]
     assert os.path.isdir(store.layer_path(digest)), removed["removed"]
     assert rt(runtime).exec(name, ["true"])[0] == 0
+
+
+@pytest.mark.parametrize(("security_opts", "euid"), [([], "65534"), (["no-new-privileges=false"], "0")])
+def test_a_setuid_root_program_gives_a_non_root_user_nothing_under_no_new_privs(runtime, named, security_opts, euid):
+    """Root plants a setuid-root copy of id; the container's non-root user runs it. Under no_new_privs (the
+    default) the effective uid stays 65534; with it turned off, the same program says 0, which shows the test
+    can tell the two apart."""
+    name = named()
+    started = container(
+        runtime, name, image="debian", command="sleep 300", user="65534:65534", security_opts=security_opts
+    )
+    assert started["changed"] is True, started["_output"]
+    plant = "cp /usr/bin/id /usr/local/bin/id-setuid && chmod 4755 /usr/local/bin/id-setuid"
+    planted = rt(runtime).exec(name, ["/bin/sh", "-c", plant], user="0")
+    assert planted[0] == 0, planted[2].decode()
+    code, out, err = rt(runtime).exec(name, ["/usr/local/bin/id-setuid", "-u"])
+    assert code == 0, err.decode()
+    assert out.decode().strip() == euid

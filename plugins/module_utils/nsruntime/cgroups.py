@@ -264,6 +264,20 @@ class CgroupV2:
         _kill_all(self)
 
 
+def apply(group, resources):
+    """The OCI spec's linux.resources on a container's cgroup (v1 or v2): limits, then device rules."""
+    memory, cpu = resources.get("memory") or {}, resources.get("cpu") or {}
+    group.limit(
+        memory=memory.get("limit"),
+        memory_swap=memory.get("swap"),
+        cpus=cpu["quota"] / cpu["period"] if cpu.get("quota") and cpu.get("period") else None,
+        cpu_shares=cpu.get("shares"),
+        cpuset_cpus=cpu.get("cpus"),
+        pids_limit=(resources.get("pids") or {}).get("limit"),
+    )
+    group.devices(resources.get("devices") or [])
+
+
 def _kill_all(group, timeout=5.0):
     """SIGKILL every process of the cgroup (thawed first: a frozen process cannot die) and wait for it to empty."""
     import signal  # noqa: PLC0415

@@ -272,7 +272,6 @@ class Runtime:
                 group = cgroups.detect(name)
                 group.create()
                 stack.callback(group.remove)
-                group.limit(**config["limits"])
                 log = os.open(
                     os.path.join(self.data_dir(name), "container.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
                 )
@@ -288,7 +287,7 @@ class Runtime:
                 document = spec.build(config, merged, info.get("netns"), sorted(etc.items()), user)
                 # The bundle's config.json: what this start applies, for exec and for anyone who asks.
                 self._write_bundle(name, document)
-                group.devices(document["linux"]["resources"]["devices"])
+                cgroups.apply(group, document["linux"]["resources"])
                 try:
                     helper, init = namespaces.spawn(
                         document, merged, (stdin, output_write, output_write), before_release=group.add,
@@ -387,8 +386,9 @@ class Runtime:
         if user is not None:
             uid, gid = spec.resolve_user(f"/proc/{state['pid']}/root", user)
             process["user"] = {"uid": uid, "gid": gid}
-            if uid != 0:
-                process["capabilities"] = dict(process["capabilities"], effective=[], permitted=[])
+            # As at the start: root has the bounding set in effect, another user no capability.
+            granted = process["capabilities"]["bounding"] if uid == 0 else []
+            process["capabilities"] = dict(process["capabilities"], effective=granted, permitted=granted)
         return namespaces.enter(
             state["pid"], process, self._seccomp(document), join=cgroups.detect(name).add, stdin=stdin
         )
