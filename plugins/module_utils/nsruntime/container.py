@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import tempfile
 import time
 
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import (
@@ -33,7 +32,7 @@ from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import (
     spec,
 )
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.layers import Store
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import locked
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import locked, write_json
 
 NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 START_TIMEOUT = 30
@@ -133,17 +132,7 @@ class Runtime:
             return None
 
     def _write(self, name, what, value):
-        """Atomically, through a temporary file of this writer's own, mode 0600 (config.json holds env values)."""
-        directory = self.state_dir(name)
-        handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{what}.")
-        try:
-            with os.fdopen(handle, "w") as output:
-                # dumps, not dump: one call into the C encoder (dump to a file runs the pure-Python one).
-                output.write(json.dumps(value, sort_keys=True))
-            os.replace(temporary, os.path.join(directory, what))
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+        write_json(os.path.join(self.state_dir(name), what), value)
 
     def state(self, name):
         state = self._read(name, "state.json")
@@ -286,7 +275,7 @@ class Runtime:
                 user = spec.resolve_user(merged, config["user"])
                 document = spec.build(config, merged, info.get("netns"), sorted(etc.items()), user)
                 # The bundle's config.json: what this start applies, for exec and for anyone who asks.
-                self._write_bundle(name, document)
+                write_json(os.path.join(self.data_dir(name), "config.json"), document)
                 cgroups.apply(group, document["linux"]["resources"])
                 try:
                     helper, init = namespaces.spawn(
@@ -361,16 +350,6 @@ class Runtime:
         with contextlib.suppress(FileNotFoundError), open(os.path.join(self.data_dir(name), "config.json")) as handle:
             return json.load(handle)
         return None
-
-    def _write_bundle(self, name, document):
-        handle, temporary = tempfile.mkstemp(dir=self.data_dir(name), prefix=".config.json.")
-        try:
-            with os.fdopen(handle, "w") as output:
-                output.write(json.dumps(document, sort_keys=True))
-            os.replace(temporary, os.path.join(self.data_dir(name), "config.json"))
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
 
     def exec(self, name, argv, env=None, user=None, working_dir=None, stdin=b""):
         """Run argv inside the running container, with its capabilities, limits and seccomp filter (as docker

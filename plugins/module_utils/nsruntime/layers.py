@@ -24,6 +24,7 @@ import stat
 import tempfile
 
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import paths
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import write_json
 
 DIGEST_PREFIX = "sha256:"
 CHUNK = 1 << 20
@@ -215,11 +216,7 @@ class Store:
         return records
 
     def save_image(self, record):
-        path = self._record_path(record["name"])
-        temporary = path + ".tmp"
-        with open(temporary, "w") as output:
-            json.dump(record, output, indent=1, sort_keys=True)
-        os.replace(temporary, path)
+        write_json(self._record_path(record["name"]), record)
 
     def remove_image(self, name):
         path = self._record_path(name)
@@ -230,9 +227,7 @@ class Store:
 
     def reference_layers(self, container_dir, record):
         """Record in a container's directory under the store the layers it stands on (see collect_garbage)."""
-        handle = os.open(os.path.join(container_dir, "layers.json"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(handle, "w") as output:
-            json.dump([layer["diff_id"] for layer in record["layers"]], output)
+        write_json(os.path.join(container_dir, "layers.json"), [layer["diff_id"] for layer in record["layers"]])
 
     def _container_layers(self):
         found = set()

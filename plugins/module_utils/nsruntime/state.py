@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import tempfile
 
 
 @contextlib.contextmanager
@@ -24,3 +26,18 @@ def locked(path, create=True):
         yield
     finally:
         os.close(handle)
+
+
+def write_json(path, value):
+    """Replace path with value as JSON, atomically and mode 0600 (state and specs hold env values): through a
+    temporary file of this writer's own beside it, so two writers never share one."""
+    directory, name = os.path.split(path)
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+    try:
+        with os.fdopen(handle, "w") as output:
+            # dumps, not dump: one call into the C encoder (dump to a file runs the pure-Python one).
+            output.write(json.dumps(value, sort_keys=True))
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
