@@ -147,6 +147,9 @@ options:
         C(kernel.shm*), C(fs.mqueue.*)); others would change the whole host and are refused.
     type: dict
     default: {}
+  oom_score_adj:
+    description: The container's OOM score adjustment, from C(-1000) (never killed first) to C(1000).
+    type: int
   ulimits:
     description:
       - Resource limits, C(name:soft[:hard]), e.g. C(nofile:4096:8192). The default is C(nofile:1024:1024), as
@@ -436,6 +439,7 @@ def main():
             "devices": {"type": "list", "elements": "str", "default": []},
             "sysctls": {"type": "dict", "default": {}},
             "ulimits": {"type": "list", "elements": "str", "default": []},
+            "oom_score_adj": {"type": "int"},
             "root": {"type": "path", "default": "/var/lib/mooring"},
             "run_dir": {"type": "path", "default": "/run/mooring"},
             "bridge": {"type": "str", "default": "mooring0"},

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 
 import pytest
 
@@ -178,6 +179,7 @@ def test_a_profile_file_in_dockers_format_is_applied(runtime, named, tmp_path):
         ({"devices": ["/etc/passwd"]}, "devices: /etc/passwd is not a character or block device"),
         ({"ulimits": ["nofile:1048576:1048576"]}, "ulimits: 'nofile:1048576:1048576': the hard limit is above"),
         ({"ulimits": ["files:10"]}, "ulimits: 'files:10' is not name:soft[:hard]"),
+        ({"oom_score_adj": 2000}, "oom_score_adj must be from -1000 to 1000, got 2000"),
     ],
 )
 def test_bad_security_options_fail_before_anything_is_created(runtime, named, options, message):
@@ -193,13 +195,16 @@ def test_sysctls_ulimits_and_devices_reach_the_container(runtime, named):
     name = named()
     started = container(
         runtime, name, image="debian", command="sleep 300", sysctls={"net.ipv4.ip_forward": "1"},
-        ulimits=["nofile:512:2048"], devices=["/dev/null:/dev/extra-null:rw"],
+        ulimits=["nofile:512:2048"], devices=["/dev/null:/dev/extra-null:rw"], oom_score_adj=500,
     )  # fmt: skip
     assert started["changed"] is True, started["_output"]
-    script = "cat /proc/sys/net/ipv4/ip_forward; ulimit -Sn; ulimit -Hn; echo x > /dev/extra-null && echo writable"
+    script = (
+        "cat /proc/sys/net/ipv4/ip_forward; ulimit -Sn; ulimit -Hn; echo x > /dev/extra-null && echo writable;"
+        " cat /proc/self/oom_score_adj"
+    )
     code, out, err = rt(runtime).exec(name, ["/bin/sh", "-c", script])
     assert code == 0, err.decode()
-    assert out.decode().split() == ["1", "512", "2048", "writable"]
+    assert out.decode().split() == ["1", "512", "2048", "writable", "500"]
 
 
 def _image_with_layer(runtime, name, members):
@@ -366,3 +371,29 @@ def test_a_setuid_root_program_gives_a_non_root_user_nothing_under_no_new_privs(
     code, out, err = rt(runtime).exec(name, ["/usr/local/bin/id-setuid", "-u"])
     assert code == 0, err.decode()
     assert out.decode().strip() == euid
+
+
+def test_a_stop_is_never_lost_against_a_container_that_restarts_itself(runtime, named):
+    """The shim records each exit and decides on a restart while stop asks for the end: 30 stops, each timed
+    against a container (restart_policy always) that exits and is restarted every few milliseconds. Every stop
+    must leave it exited, and it must stay so."""
+    name = named()
+    started = container(runtime, name, image="debian", command="sleep 0.02", restart_policy="always", stop_timeout=1)
+    assert started.get("failed") is not True, started["_output"]
+    runtime_api = rt(runtime)
+    for trial in range(30):
+        with runtime_api.lock(name):
+            state = runtime_api.state(name)
+            if state["status"] not in ("running", "starting"):
+                runtime_api.start(name)
+            time.sleep(0.005 * (trial % 7))
+            runtime_api.stop(name, timeout=1)
+        state = runtime_api.state(name)
+        assert state["status"] == "exited" and state["stop_requested"] is True, (trial, state)
+    time.sleep(1)
+    assert runtime_api.state(name)["status"] == "exited"
+    assert not _alive_shim(runtime_api.state(name).get("shim_pid"))
+
+
+def _alive_shim(pid):
+    return bool(pid) and os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"

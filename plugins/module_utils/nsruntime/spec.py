@@ -202,7 +202,11 @@ def options_config(options):
     capabilities = sorted(capability_set(options.get("capabilities") or [], options.get("cap_drop") or [], privileged))
     profile_options = list(options.get("security_opts") or [])
     parse_security_opts(profile_options)
+    oom_score_adj = options.get("oom_score_adj")
+    if oom_score_adj is not None and not -1000 <= int(oom_score_adj) <= 1000:
+        raise SpecError(f"oom_score_adj must be from -1000 to 1000, got {oom_score_adj}")
     return {
+        "oom_score_adj": oom_score_adj,
         "privileged": privileged,
         "capabilities": capabilities,
         "security_opts": profile_options,
