@@ -50,6 +50,7 @@ lint: venv
 	ansible-lint --offline --profile production
 	ruff check .
 	ruff format --check .
+	antsibull-changelog lint
 
 sanity: venv
 	tests/sanity.sh

@@ -9,14 +9,21 @@ class ModuleDocFragment:
     DOCUMENTATION = r"""
 options:
   harbor_url:
-    description: Harbor's base URL, for example C(https://harbor.example.com).
+    description:
+      - Harbor's base URL, for example C(https://harbor.example.com).
+      - If not set, the environment variable C(HARBOR_URL). C(module_defaults) for C(group/mooring.ops.harbor)
+        sets it once for every Harbor module of a play.
     type: str
     required: true
   username:
-    description: A Harbor user allowed to make the change (an admin for system-level objects).
+    description:
+      - A Harbor user allowed to make the change (an admin for system-level objects).
+      - If not set, the environment variable C(HARBOR_USERNAME).
     type: str
   password:
-    description: Its password. Never logged.
+    description:
+      - Its password. Never logged.
+      - If not set, the environment variable C(HARBOR_PASSWORD).
     type: str
   validate_certs:
     description: Verify Harbor's TLS certificate.

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 import traceback
 
+from ansible.module_utils.basic import env_fallback
+
 try:
     import requests
 except ImportError:  # the modules report it with missing_required_lib
@@ -234,16 +236,36 @@ class RegistryClient(_HttpClient):
         raise self._repository_error(answer, repository)
 
 
-def harbor_api_argument_spec():
-    """The connection options of the Harbor API modules (documented in the harbor_api doc fragment)."""
+def registry_credentials_spec():
+    """User, password and TLS options shared by every module of the ``harbor`` action group.
+
+    The user and password fall back to ``HARBOR_USERNAME`` and ``HARBOR_PASSWORD``, so that an AWX/AAP credential
+    or a CI job's environment sets them once; ``module_defaults`` for ``group/mooring.ops.harbor`` does the same
+    in a play.
+    """
     return {
-        "harbor_url": {"type": "str", "required": True},
-        "username": {"type": "str"},
-        "password": {"type": "str", "no_log": True},
+        "username": {"type": "str", "fallback": (env_fallback, ["HARBOR_USERNAME"])},
+        "password": {"type": "str", "no_log": True, "fallback": (env_fallback, ["HARBOR_PASSWORD"])},
         "validate_certs": {"type": "bool", "default": True},
         "ca_cert": {"type": "path"},
-        "timeout": {"type": "int", "default": 60},
     }
+
+
+def harbor_api_argument_spec():
+    """The connection options of the Harbor API modules (documented in the harbor_api doc fragment)."""
+    return dict(
+        registry_credentials_spec(),
+        harbor_url={"type": "str", "required": True, "fallback": (env_fallback, ["HARBOR_URL"])},
+        timeout={"type": "int", "default": 60},
+    )
+
+
+def registry_host(value):
+    """``host[:port]`` from a registry name or a URL such as ``https://harbor.example.com``; ValueError otherwise."""
+    host = re.sub(r"^https?://", "", value.strip()).rstrip("/")
+    if not host or not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?", host):
+        raise ValueError(f"expected a registry host[:port] or https://host[:port] without a path, got {value!r}")
+    return host
 
 
 def check_harbor_url(module):

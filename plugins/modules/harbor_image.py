@@ -26,9 +26,14 @@ options:
     description: The local image, by name[:tag] or ID. Required with O(state=present).
     type: str
   registry:
-    description: The registry, C(host[:port]), as the Docker daemon names it.
+    description:
+      - The registry, C(host[:port]) as the Docker daemon names it, or Harbor's URL C(https://host[:port]) (the
+        scheme is dropped), so that one O(harbor_url) in C(module_defaults) for C(group/mooring.ops.harbor) serves
+        this module and the Harbor API modules alike.
+      - If not set, the environment variable C(HARBOR_URL).
     type: str
     required: true
+    aliases: [harbor_url]
   project:
     description: The Harbor project (for a plain registry, the first path component), for example C(library).
     type: str
@@ -40,10 +45,14 @@ options:
     description: The tag in the registry. Defaults to the source's tag, or C(latest).
     type: str
   username:
-    description: User name for the registry (a Harbor user or robot account).
+    description:
+      - User name for the registry (a Harbor user or robot account).
+      - If not set, the environment variable C(HARBOR_USERNAME).
     type: str
   password:
-    description: Password or robot secret. Never logged.
+    description:
+      - Password or robot secret. Never logged.
+      - If not set, the environment variable C(HARBOR_PASSWORD).
     type: str
   validate_certs:
     description:
@@ -130,11 +139,13 @@ diff:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
 from ansible_collections.mooring.ops.plugins.module_utils.harbor import (
     REQUESTS_IMPORT_ERROR,
     RegistryClient,
     RegistryError,
+    registry_credentials_spec,
+    registry_host,
 )
 
 try:
@@ -161,7 +172,7 @@ class HarborImage:
     def __init__(self, module):
         self.module = module
         params = module.params
-        self.registry = params["registry"]
+        self.registry = registry_host(params["registry"])
         self.source = params["source"]
         source_name, source_tag = _split_reference(self.source or "")
         self.repository_path = "/".join(
@@ -261,14 +272,16 @@ def main():
     module = AnsibleModule(
         argument_spec={
             "source": {"type": "str"},
-            "registry": {"type": "str", "required": True},
+            **registry_credentials_spec(),
+            "registry": {
+                "type": "str",
+                "required": True,
+                "aliases": ["harbor_url"],
+                "fallback": (env_fallback, ["HARBOR_URL"]),
+            },
             "project": {"type": "str", "required": True},
             "repository": {"type": "str"},
             "tag": {"type": "str"},
-            "username": {"type": "str"},
-            "password": {"type": "str", "no_log": True},
-            "validate_certs": {"type": "bool", "default": True},
-            "ca_cert": {"type": "path"},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             "timeout": {"type": "int", "default": 120},
         },
@@ -276,6 +289,10 @@ def main():
         required_together=[("username", "password")],
         supports_check_mode=True,
     )
+    try:
+        registry_host(module.params["registry"])
+    except ValueError as exc:
+        module.fail_json(msg=f"registry: {exc}")
     if DOCKER_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("docker"), exception=DOCKER_IMPORT_ERROR)
     if REQUESTS_IMPORT_ERROR:

@@ -3,12 +3,15 @@ protocol Harbor serves for push and pull) with TLS by the lab CA and htpasswd au
 not involved: a 403/404 from a missing Harbor project cannot be produced by this registry. The bearer-token
 path is in test_harbor_image_token.py."""
 
+import json
+import os
+import subprocess
 import uuid
 
 import pytest
 import requests
 
-from conftest import LAB_DIR, run, run_module
+from conftest import LAB_DIR, REPO_DIR, changes, failures, run, run_module
 
 REGISTRY = "harbor.lab"
 PROJECT = "mooring-test"
@@ -33,7 +36,8 @@ def push(*options, **args):
 
 
 def registry_digest(repository, tag):
-    """What the registry itself says the tag holds, asked directly (not through the module)."""
+    """What the registry itself says the tag holds, asked directly (not through the module): None for a tag it
+    does not have (404); any other answer (401, 5xx) is an error, never taken for an absent tag."""
     answer = requests.head(
         f"https://{REGISTRY}/v2/{PROJECT}/{repository}/manifests/{tag}",
         auth=("mooring", password()),
@@ -41,7 +45,10 @@ def registry_digest(repository, tag):
         verify=str(LAB_DIR / "ca" / "ca.crt"),
         timeout=30,
     )
-    return answer.headers.get("Docker-Content-Digest") if answer.status_code == 200 else None
+    if answer.status_code == 404:
+        return None
+    assert answer.status_code == 200, f"the registry answered {answer.status_code} for {repository}:{tag}"
+    return answer.headers["Docker-Content-Digest"]
 
 
 @pytest.fixture
@@ -123,3 +130,53 @@ def test_bad_credentials_name_the_user_and_never_the_password(repository):
     assert result["failed"] is True
     assert "rejected the credentials of user mooring" in result["msg"]
     assert wrong not in result["_output"]
+
+
+def test_module_defaults_for_the_harbor_group_and_the_environment_supply_url_and_credentials(repository, tmp_path):
+    """One harbor_url/ca_cert in module_defaults for group/mooring.ops.harbor, the credentials from HARBOR_USERNAME
+    and HARBOR_PASSWORD (an AWX credential's way): the task names neither, the push works and is idempotent, and
+    the password is in no output."""
+    playbook = tmp_path / "group.yml"
+    task = {"mooring.ops.harbor_image": {"source": SOURCE, "project": PROJECT, "repository": repository}}
+    play = {
+        "hosts": "localhost",
+        "gather_facts": False,
+        "vars": {"ansible_python_interpreter": "{{ ansible_playbook_python }}"},
+        "module_defaults": {
+            "group/mooring.ops.harbor": {"harbor_url": f"https://{REGISTRY}", "ca_cert": str(LAB_DIR / "ca" / "ca.crt")}
+        },
+        "tasks": [{"name": "Push by the group's defaults", **task, "register": "pushed"}],
+    }
+    playbook.write_text(json.dumps([play]))
+    env = dict(os.environ, HARBOR_USERNAME="mooring", HARBOR_PASSWORD=password())
+
+    def converge():
+        return subprocess.run(
+            ["ansible-playbook", "-i", "localhost,", "-c", "local", "-v", str(playbook)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO_DIR,
+            timeout=600,
+            check=False,
+        )
+
+    first = converge()
+    assert first.returncode == 0, failures(first)
+    assert changes(first)["localhost"] == 1
+    assert registry_digest(repository, "bookworm") is not None
+    second = converge()
+    assert second.returncode == 0, failures(second)
+    assert changes(second)["localhost"] == 0
+    assert password() not in first.stdout + first.stderr + second.stdout + second.stderr
+
+    env["HARBOR_PASSWORD"] = uuid.uuid4().hex  # a wrong one
+    wrong = converge()
+    assert wrong.returncode != 0
+    assert "the registry harbor.lab rejected the credentials of user mooring" in wrong.stdout, failures(wrong)
+
+
+def test_a_registry_that_is_neither_a_host_nor_a_url_fails_naming_the_option(repository):
+    result = push(source=SOURCE, repository=repository, registry="harbor.lab/mooring")
+    assert result.get("failed") is True
+    assert result["msg"].startswith("registry: expected a registry host[:port] or https://host[:port]"), result["msg"]
