@@ -9,11 +9,12 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 LAB_INVENTORY := inventory/lab
 
-.PHONY: help venv engine images registry lab lab-down test lint sanity molecule bench
+.PHONY: help venv engine images registry lab lab-down test unit lint sanity molecule bench
 
 help:
 	@echo "make lab       bring up the embedded lab and run site.yml on it (the main job)"
-	@echo "make test      lint, ansible-test sanity, Molecule scenarios and integration tests"
+	@echo "make test      lint, unit tests, ansible-test sanity, Molecule scenarios and integration tests"
+	@echo "make unit      the fast unit tests alone (no root, no docker)"
 	@echo "make lab-down  remove every container, network, volume, image tag and file the lab made"
 	@echo "make lint      ansible-lint (production), yamllint, ruff"
 	@echo "make bench     converge, push and middleware benchmarks (bench/)"
@@ -58,8 +59,12 @@ sanity: venv
 molecule: registry
 	molecule test --all
 
-test: lint sanity molecule
-	pytest tests
+# Pure logic, no root, no docker, no lab: seconds.
+unit: venv
+	pytest -q tests/unit
+
+test: lint unit sanity molecule
+	pytest tests/integration
 
 bench: lab
 	command -v podman >/dev/null && command -v crun >/dev/null || apt-get install -y -qq podman crun >/dev/null

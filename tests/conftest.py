@@ -160,11 +160,11 @@ def runtime(lab, tmp_path_factory):
 HOST_PYTHON = "/usr/bin/python3"
 
 
-def container(runtime, name=None, check=False, **options):
+def container(runtime, name=None, check=False, python=HOST_PYTHON, **options):
     """mooring.ops.ns_container through Ansible (with --check when check), on the test module's runtime, under
-    the host's own Python."""
+    the host's own Python (or the interpreter ``python``)."""
     arguments = {**runtime, "name": name or "c" + uuid.uuid4().hex[:8], **options}
-    interpreter = ["-e", f"ansible_python_interpreter={HOST_PYTHON}"]
+    interpreter = ["-e", f"ansible_python_interpreter={python}"]
     return run_module("mooring.ops.ns_container", arguments, *interpreter, *(["--check"] if check else []))
 
 

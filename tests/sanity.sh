@@ -36,5 +36,15 @@ git ls-files -z --cached --others --exclude-standard | grep -zv '^collections/' 
     | xargs -0 cp --parents -t "$dest"
 cd "$dest"
 git init --quiet && git add --all && git -c user.name=sanity -c user.email=sanity@localhost commit --quiet -m sanity
-ansible-test sanity --python "$(python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')" \
-    --color no "$@"
+controller=$(python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+ansible-test sanity --python "$controller" --color no "$@"
+
+# The compile test on the managed hosts' Pythons too: Debian 11's 3.9 (the floor) and Debian 13's 3.13
+# (tests/pythons.sh makes them).
+if [ "$#" -eq 0 ]; then
+    "$top/tests/pythons.sh"
+    for python in "$top"/.lab/pythons/bin/python3.*; do
+        PATH="$top/.lab/pythons/bin:$PATH" ansible-test sanity --test compile --color no \
+            --controller "origin:python=$controller" --target-python "${python##*/python}"
+    done
+fi

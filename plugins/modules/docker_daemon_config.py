@@ -21,6 +21,8 @@ description:
 version_added: 0.1.0
 author:
   - mooring developers (@mooring)
+requirements:
+  - Python 3.9 or later on the host that runs the module (EL9 and Debian 11 have it as C(/usr/bin/python3)).
 options:
   path:
     description: Path of the daemon configuration file.
@@ -106,6 +108,7 @@ import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.mooring.ops.plugins.module_utils.python_floor import require_python
 
 
 def _deep_merge(base, overlay):
@@ -228,6 +231,7 @@ def main():
         },
         supports_check_mode=True,
     )
+    require_python(module, "mooring.ops.docker_daemon_config")
     module.exit_json(**DaemonConfig(module).run())
 
 

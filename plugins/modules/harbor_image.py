@@ -20,6 +20,7 @@ version_added: 0.1.0
 author:
   - mooring developers (@mooring)
 requirements:
+  - Python 3.9 or later on the host that runs the module (EL9 and Debian 11 have it as C(/usr/bin/python3)).
   - Docker SDK for Python (C(docker)) and C(requests) on the host that holds the image.
 options:
   source:
@@ -147,6 +148,7 @@ from ansible_collections.mooring.ops.plugins.module_utils.harbor import (
     registry_credentials_spec,
     registry_host,
 )
+from ansible_collections.mooring.ops.plugins.module_utils.python_floor import require_python
 
 try:
     import docker
@@ -289,6 +291,7 @@ def main():
         required_together=[("username", "password")],
         supports_check_mode=True,
     )
+    require_python(module, "mooring.ops.harbor_image")
     try:
         registry_host(module.params["registry"])
     except ValueError as exc:

@@ -16,6 +16,7 @@ version_added: 0.1.0
 author:
   - mooring developers (@mooring)
 requirements:
+  - Python 3.9 or later on the host that runs the module (EL9 and Debian 11 have it as C(/usr/bin/python3)).
   - C(requests) on the host that runs the module.
 extends_documentation_fragment:
   - mooring.ops.harbor_api
@@ -92,6 +93,7 @@ from ansible_collections.mooring.ops.plugins.module_utils.harbor import (
     check_harbor_url,
     harbor_api_argument_spec,
 )
+from ansible_collections.mooring.ops.plugins.module_utils.python_floor import require_python
 
 
 class HarborProject:
@@ -219,6 +221,7 @@ def main():
         required_together=[("username", "password")],
         supports_check_mode=True,
     )
+    require_python(module, "mooring.ops.harbor_project")
     if REQUESTS_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("requests"), exception=REQUESTS_IMPORT_ERROR)
     name = module.params["name"]

@@ -27,6 +27,7 @@ version_added: 0.1.0
 author:
   - mooring developers (@mooring)
 requirements:
+  - Python 3.9 or later on the host that runs the module (EL9 and Debian 11 have it as C(/usr/bin/python3)).
   - root, C(ip) (iproute2) and C(iptables) on the host.
 options:
   name:
@@ -226,6 +227,7 @@ from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.container im
     parse_volumes,
 )
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.network import NetworkError
+from ansible_collections.mooring.ops.plugins.module_utils.python_floor import require_python
 
 RUNNING = ("running", "starting")
 
@@ -453,6 +455,7 @@ def main():
         ],
         supports_check_mode=True,
     )
+    require_python(module, "mooring.ops.ns_container")
     container = NsContainer(module)
     try:
         check_name(module.params["name"])

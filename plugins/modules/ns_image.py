@@ -19,6 +19,7 @@ version_added: 0.1.0
 author:
   - mooring developers (@mooring)
 requirements:
+  - Python 3.9 or later on the host that runs the module (EL9 and Debian 11 have it as C(/usr/bin/python3)).
   - C(requests) on the host that runs the module (for pulls).
   - root (layers hold files of every owner, and whiteouts are device nodes).
 options:
@@ -130,6 +131,7 @@ from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.layers impor
     pull,
 )
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import locked
+from ansible_collections.mooring.ops.plugins.module_utils.python_floor import require_python
 
 
 class NsImage:
@@ -241,6 +243,7 @@ def main():
         required_if=[("state", "absent", ("name",))],
         supports_check_mode=True,
     )
+    require_python(module, "mooring.ops.ns_image")
     if module.params["archive"] is not None and not module.params["archive"].strip():
         module.fail_json(msg="archive must be the path of a docker save archive, got an empty string")
     if module.params["name"] is not None and not module.params["name"].strip():

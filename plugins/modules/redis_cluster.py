@@ -23,6 +23,7 @@ version_added: 0.1.0
 author:
   - mooring developers (@mooring)
 requirements:
+  - Python 3.9 or later on the host that runs the module (EL9 and Debian 11 have it as C(/usr/bin/python3)).
   - C(redis) (redis-py 4 or later) on the host that runs the module.
 options:
   nodes:
@@ -121,6 +122,7 @@ import time
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.mooring.ops.plugins.module_utils.python_floor import require_python
 
 try:
     import redis
@@ -651,6 +653,7 @@ def main():
         },
         supports_check_mode=True,
     )
+    require_python(module, "mooring.ops.redis_cluster")
     if REDIS_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMPORT_ERROR)
     params = module.params

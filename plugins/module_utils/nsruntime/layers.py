@@ -442,7 +442,7 @@ def pull(store, client, reference, platform=PLATFORM):
             f"{reference}: the config lists {len(diff_ids)} layers, the manifest {len(manifest['layers'])}"
         )
     layers = []
-    for layer, diff_id in zip(manifest["layers"], diff_ids, strict=True):
+    for layer, diff_id in zip(manifest["layers"], diff_ids):
         what = f"{reference} layer {layer['digest']}"
         if not os.path.isdir(store.layer_path(diff_id)) and not store.has_blob(layer["digest"]):
             store.put_blob(layer["digest"], _chunks(client.blob(repository, layer["digest"])), what, _size(layer, what))
@@ -476,8 +476,12 @@ def import_archive(store, path, name=None):
                 store.put_blob(config_digest, [config_raw], f"{path} config")
                 config = json.loads(config_raw)
                 diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+                if len(diff_ids) != len(entry["Layers"]):
+                    raise ImageError(
+                        f"{path}: the config lists {len(diff_ids)} layers, manifest.json {len(entry['Layers'])}"
+                    )
                 layers = []
-                for member_name, diff_id in zip(entry["Layers"], diff_ids, strict=True):
+                for member_name, diff_id in zip(entry["Layers"], diff_ids):
                     member = archive.extractfile(member_name)
                     store.put_blob(
                         diff_id, iter(lambda member=member: member.read(CHUNK), b""), f"{path} {member_name}",

@@ -225,7 +225,7 @@ def _init(document, rootfs, stdio, errors, seccomp_program):
         _harden(document)
         if document.get("hostname") and any(ns["type"] == "uts" for ns in document["linux"]["namespaces"]):
             syscalls.sethostname(document["hostname"])
-        for fd, target in zip((0, 1, 2), stdio, strict=True):
+        for fd, target in zip((0, 1, 2), stdio):
             if target is not None:
                 os.dup2(target, fd)
         process = document["process"]
@@ -328,7 +328,7 @@ def _enter_child(handles, root, stdio, process, seccomp_program, join):
         grandchild = os.fork()
         if grandchild == 0:
             try:
-                for source, target in zip(stdio, (0, 1, 2), strict=True):
+                for source, target in zip(stdio, (0, 1, 2)):
                     os.dup2(source, target)
                 _become(process, seccomp_program)
                 os.execvpe(argv[0], argv, _env(process))  # noqa: S606 - running the command inside is the point
