@@ -9,8 +9,10 @@ set -euo pipefail
 top=$(git rev-parse --show-toplevel)
 dest="$top/.lab/pythons"
 suites=${MOORING_PYTHON_SUITES:-"bullseye trixie"}
-# python3 and the libraries mooring's modules use, as each release packages them (a managed host's own).
-packages=python3,python3-requests,python3-docker,python3-redis
+# python3 and the libraries mooring's modules use, as each release packages them (a managed host's own); on
+# Debian 13 also docker.io, whose dockerd 26 has --validate (this machine's 20.10 has not): dockerd-trixie runs it
+# for docker_daemon_config's validation tests.
+base_packages=python3,python3-requests,python3-docker,python3-redis
 
 # The mirror this machine's apt uses (deb822 .sources or one-line .list), unless MOORING_DEBIAN_MIRROR says.
 mirror=${MOORING_DEBIAN_MIRROR:-$(python3 "$top/tests/apt_mirror.py")}
@@ -19,6 +21,8 @@ command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/nu
 mkdir -p "$dest/bin"
 for suite in $suites; do
     root="$dest/$suite"
+    packages=$base_packages
+    [ "$suite" != trixie ] || packages="$packages,docker.io"
     if [ "$(cat "$root/.complete" 2>/dev/null)" != "$packages" ]; then
         rm -rf "$root" "$root.partial"
         echo "== python3 of Debian $suite from $mirror into $root"
@@ -37,5 +41,14 @@ exec "$root/$loader" --library-path "$root/lib/x86_64-linux-gnu:$root/usr/lib/x8
     "$root/usr/bin/$python" "\$@"
 SH
     chmod 0755 "$dest/bin/$python"
+    if [ -x "$root/usr/sbin/dockerd" ]; then
+        cat >"$dest/bin/dockerd-$suite" <<SH
+#!/bin/sh
+# Debian $suite's dockerd with its own loader and libraries (made by tests/pythons.sh); for --validate.
+exec "$root/$loader" --library-path "$root/lib/x86_64-linux-gnu:$root/usr/lib/x86_64-linux-gnu" \\
+    "$root/usr/sbin/dockerd" "\$@"
+SH
+        chmod 0755 "$dest/bin/dockerd-$suite"
+    fi
     echo "$dest/bin/$python: $("$dest/bin/$python" -c 'import sys; print(sys.version.split()[0])')"
 done

@@ -44,6 +44,13 @@ options:
     description:
       - The dockerd binary used for validation. Looked up on E(PATH) when not given.
     type: path
+  record:
+    description:
+      - A file where the module keeps the top-level keys it set (a JSON list, mode 0600). On the next run, a key in
+        that record and no longer in O(config) is removed from the daemon configuration, so that a setting taken
+        out of the inventory leaves the file too (and C(--diff) shows it go). Keys the module never set are kept.
+      - Without it, the module only adds and changes keys.
+    type: path
   backup:
     description: Keep a timestamped copy of the previous file beside it before replacing it.
     type: bool
@@ -83,6 +90,12 @@ EXAMPLES = r"""
   mooring.ops.docker_daemon_config:
     config:
       registry-mirrors: []
+
+- name: Manage keys with a record, so that a key dropped from config is removed from the file on the next run
+  mooring.ops.docker_daemon_config:
+    config:
+      log-driver: json-file
+    record: /etc/docker/mooring-managed-keys.json
 """
 
 RETURN = r"""
@@ -96,6 +109,18 @@ backup_file:
   returned: changed and a previous file existed and O(backup=true)
   type: str
   sample: /etc/docker/daemon.json.12345.2026-11-23@10:11:12~
+removed_keys:
+  description: Keys removed because the O(record) holds them and O(config) no longer does.
+  returned: success
+  type: list
+  elements: str
+  sample: ["registry-mirrors"]
+record_before:
+  description: The keys the O(record) held before this run changed it (null when there was no record).
+  returned: the record changed
+  type: list
+  elements: str
+  sample: ["insecure-registries", "live-restore"]
 validated_with:
   description: How the merged file was validated before it was written.
   returned: changed
@@ -194,12 +219,50 @@ class DaemonConfig:
         self.module.set_mode_if_different(self.path, self.module.params["mode"], False)
         return validated_with, backup_file
 
+    def _recorded_keys(self):
+        record = self.module.params["record"]
+        if not record or not os.path.exists(record):
+            return []
+        try:
+            with open(record, encoding="utf-8") as handle:
+                keys = json.load(handle)
+        except (OSError, ValueError) as exc:
+            self.module.fail_json(msg=f"record: {record} is not the JSON list of keys this module writes ({exc})")
+        if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+            self.module.fail_json(msg=f"record: {record} must hold a JSON list of key names")
+        return keys
+
+    def _write_record(self, keys, result):
+        """Write the record when it differs; return whether it did. ``record_before`` in the result lets a caller
+        that rolls the file back roll the record back too."""
+        record = self.module.params["record"]
+        text = json.dumps(sorted(keys)) + "\n"
+        if os.path.exists(record):
+            with open(record, encoding="utf-8") as handle:
+                before = handle.read()
+            if before == text:
+                return False
+            result["record_before"] = json.loads(before)
+        else:
+            result["record_before"] = None
+        if self.module.check_mode:
+            return True
+        fd, candidate = tempfile.mkstemp(prefix=".mooring-keys.", dir=os.path.dirname(record) or ".")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        self.module.atomic_move(candidate, record)
+        os.chmod(record, 0o600)
+        return True
+
     def run(self):
         before_text, existing = self._read_existing()
-        merged = _deep_merge(existing, self.overlay)
-        result = {"changed": False, "config": merged}
+        dropped = sorted(key for key in self._recorded_keys() if key not in self.overlay and key in existing)
+        merged = _deep_merge({key: value for key, value in existing.items() if key not in dropped}, self.overlay)
+        result = {"changed": False, "config": merged, "removed_keys": dropped}
         if merged == existing and os.path.exists(self.path):
             result["changed"] = self.module.set_mode_if_different(self.path, self.module.params["mode"], False)
+            if self.module.params["record"]:
+                result["changed"] = self._write_record(self.overlay, result) or result["changed"]
             return result
         after_text = _render(merged)
         result["changed"] = True
@@ -213,6 +276,8 @@ class DaemonConfig:
         if self.module.check_mode:
             return result
         validated_with, backup_file = self._write(after_text)
+        if self.module.params["record"]:
+            self._write_record(self.overlay, result)
         result["validated_with"] = validated_with
         if backup_file:
             result["backup_file"] = backup_file
@@ -226,6 +291,7 @@ def main():
             "config": {"type": "dict", "required": True},
             "validate": {"type": "bool", "default": True},
             "dockerd_path": {"type": "path"},
+            "record": {"type": "path"},
             "backup": {"type": "bool", "default": True},
             "mode": {"type": "raw", "default": "0644"},
         },

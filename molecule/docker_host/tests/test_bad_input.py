@@ -107,3 +107,25 @@ def test_check_mode_with_new_settings_reports_the_change_and_makes_none(host, sn
     assert "changed=0" not in process.stdout
     assert '+  "debug": true' in process.stdout
     assert snapshot() == before
+
+
+def test_a_pin_the_repository_does_not_have_fails_before_any_change_listing_what_it_has(host, snapshot):
+    before = snapshot()
+    process = run_converge(*extra_vars(docker_host_version="99.1", **TEMPTING_CHANGE))
+    assert process.returncode != 0
+    assert "docker_host_version: 99.1 is not in the repository for docker.io 99.1 (the repository has: 20.10." in (
+        _output(process)
+    )
+    assert snapshot() == before
+    assert host.package("docker.io").version.startswith("20.10.")
+
+
+def test_a_malformed_pin_fails_naming_the_variable(host, snapshot):
+    before = snapshot()
+    process = run_converge(*extra_vars(docker_host_version="latest", **TEMPTING_CHANGE))
+    assert process.returncode != 0
+    assert (
+        "docker_host_version: expected a version such as 27.3.1, 27.3 or 20.10 (digits first, no epoch), got 'latest'"
+        in (_output(process))
+    )
+    assert snapshot() == before

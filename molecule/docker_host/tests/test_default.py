@@ -66,3 +66,19 @@ def test_the_operator_is_in_the_docker_group(host):
 
 def test_the_registry_name_resolves_through_etc_hosts(host):
     assert host.check_output("getent hosts harbor.molecule.test").split()[0] == "192.0.2.10"
+
+
+def test_the_engine_started_once_with_its_configuration_already_in_place(host):
+    assert host.file("/root/dockerd-starts-at-first-converge").content_string.strip() == "1"
+
+
+def test_the_pinned_version_is_installed_and_the_conflicting_package_is_gone(host):
+    assert host.package("docker.io").version.startswith("20.10.")
+    assert not host.package("podman-docker").is_installed
+    assert host.package("podman").is_installed  # only the conflicting shim goes
+
+
+def test_the_record_of_managed_keys_lists_what_the_role_set(host):
+    record = host.file("/etc/docker/mooring-managed-keys.json")
+    assert record.mode == 0o600
+    assert json.loads(record.content_string) == ["insecure-registries", "registry-mirrors"]
