@@ -31,9 +31,15 @@ for suite in $suites; do
         mv "$root.partial" "$root"
         echo "$packages" >"$root/.complete"
     fi
-    python=$(cd "$root/usr/bin" && ls python3.[0-9]* | grep -E '^python3\.[0-9]+$' | sort -V | tail -1)
+    python=
+    for candidate in "$root"/usr/bin/python3.[0-9] "$root"/usr/bin/python3.[0-9][0-9]; do
+        [ -x "$candidate" ] && python=${candidate##*/}
+    done
     # The loader by its path inside the tree (/lib64's link is absolute: it would name this host's).
-    loader=$(cd "$root" && ls {usr/,}lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 2>/dev/null | head -1)
+    loader=
+    for candidate in usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 lib/x86_64-linux-gnu/ld-linux-x86-64.so.2; do
+        [ -e "$root/$candidate" ] && loader=$candidate && break
+    done
     cat >"$dest/bin/$python" <<SH
 #!/bin/sh
 # Debian $suite's $python with its own loader and libraries (made by tests/pythons.sh).
