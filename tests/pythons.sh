@@ -6,7 +6,7 @@
 # libraries is mixed in. .lab/pythons/bin/python3.N is the interpreter to put on PATH or give Ansible.
 # Each tree is made once (about a minute); make lab-down removes .lab with them.
 set -euo pipefail
-top=$(git rev-parse --show-toplevel)
+top=$(cd "$(dirname "$0")/.." && pwd)
 dest="$top/.lab/pythons"
 suites=${MOORING_PYTHON_SUITES:-"bullseye trixie"}
 # python3 and the libraries mooring's modules use, as each release packages them (a managed host's own); on

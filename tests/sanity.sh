@@ -43,7 +43,9 @@ ansible-test sanity --python "$controller" --color no "$@"
 # (tests/pythons.sh makes them).
 if [ "$#" -eq 0 ]; then
     "$top/tests/pythons.sh"
-    for python in "$top"/.lab/pythons/bin/python3.*; do
+    pythons=("$top"/.lab/pythons/bin/python3.*)
+    [ -x "${pythons[0]}" ] || { echo "tests/pythons.sh made no interpreter in $top/.lab/pythons/bin" >&2; exit 1; }
+    for python in "${pythons[@]}"; do
         PATH="$top/.lab/pythons/bin:$PATH" ansible-test sanity --test compile --color no \
             --controller "origin:python=$controller" --target-python "${python##*/python}"
     done
