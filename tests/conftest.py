@@ -105,6 +105,16 @@ def lab():
     assert run(["docker", "network", "inspect", "mooring-lab"]).returncode != 0
     assert run(["docker", "volume", "ls", "-q", "--filter", "label=org.mooring.lab"]).stdout.strip() == ""
     assert not LAB_DIR.exists()
+    # What the README promises lab-down takes back on this machine too: the image tags, docker's trust of the
+    # lab CA, the /etc/hosts block and the registry login.
+    tags = run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"]).stdout.split()
+    lab_tags = [tag for tag in tags if tag.startswith(("harbor.lab/", "mooring/"))]
+    assert lab_tags == []
+    assert run(["docker", "images", "-q", "--filter", "label=org.opencontainers.image.vendor=mooring"]).stdout == ""
+    assert not Path("/etc/docker/certs.d/harbor.lab").exists()
+    assert "mooring docker_host" not in Path("/etc/hosts").read_text()
+    docker_config = Path.home() / ".docker" / "config.json"
+    assert not docker_config.exists() or "harbor.lab" not in json.loads(docker_config.read_text()).get("auths", {})
 
 
 @pytest.fixture(scope="session")
