@@ -16,8 +16,8 @@ LAB_DIR = REPO_DIR / ".lab"
 os.environ.setdefault("ANSIBLE_CONFIG", str(REPO_DIR / "ansible.cfg"))
 
 
-def run(command, timeout=1800):
-    return subprocess.run(command, capture_output=True, text=True, cwd=REPO_DIR, timeout=timeout, check=False)
+def run(command, timeout=1800, env=None, cwd=REPO_DIR):
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout, check=False)
 
 
 def run_module(module, args, *options):

@@ -4,13 +4,12 @@ docs and playbooks resolve by FQCN from the installed copy (outside this checkou
 
 import os
 import re
-import subprocess
 import tarfile
 
 import pytest
 import yaml
 
-from conftest import REPO_DIR
+from conftest import REPO_DIR, run
 
 # Collections that come with ansible-core itself, and the collection's own name.
 BUILTIN = {"ansible.builtin", "ansible.module_utils", "ansible.plugins", "ansible.legacy", "mooring.ops"}
@@ -25,13 +24,7 @@ LAB_AND_DEV = re.compile(
 @pytest.fixture(scope="module")
 def tarball(tmp_path_factory):
     out = tmp_path_factory.mktemp("build")
-    built = subprocess.run(
-        ["ansible-galaxy", "collection", "build", "--output-path", str(out), str(REPO_DIR)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    built = run(["ansible-galaxy", "collection", "build", "--output-path", str(out), str(REPO_DIR)], timeout=300)
     assert built.returncode == 0, built.stdout + built.stderr
     (path,) = out.glob("mooring-ops-*.tar.gz")
     return path
@@ -109,40 +102,19 @@ def test_the_installed_tarball_documents_its_modules_and_resolves_its_playbooks_
     install = tmp_path / "collections"
     env = {key: value for key, value in os.environ.items() if not key.startswith("ANSIBLE_")}
     env["ANSIBLE_COLLECTIONS_PATH"] = str(install)
-    done = subprocess.run(
+    done = run(
         ["ansible-galaxy", "collection", "install", "--no-deps", "--offline", "-p", str(install), str(tarball)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-        check=False,
-    )
+        timeout=300, env=env, cwd=tmp_path,
+    )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert not (install / "ansible_collections" / "mooring" / "ops" / "roles" / "lab_nodes").exists()
 
-    doc = subprocess.run(
-        ["ansible-doc", "--json", "mooring.ops.harbor_image", "mooring.ops.ns_container"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-        check=False,
-    )
+    doc = run(["ansible-doc", "--json", "mooring.ops.harbor_image", "mooring.ops.ns_container"], 300, env, tmp_path)
     assert doc.returncode == 0, doc.stderr
     assert "harbor_url" in doc.stdout and "HARBOR_URL" in doc.stdout
 
     inventory = tmp_path / "hosts.yml"
     inventory.write_text(yaml.safe_dump({"all": {"hosts": {"host1": {}}}}))
     for playbook in ("mooring.ops.site", "mooring.ops.docker_hosts", "mooring.ops.redis_cluster"):
-        checked = subprocess.run(
-            ["ansible-playbook", "-i", str(inventory), playbook, "--syntax-check"],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=300,
-            check=False,
-        )
+        checked = run(["ansible-playbook", "-i", str(inventory), playbook, "--syntax-check"], 300, env, tmp_path)
         assert checked.returncode == 0, playbook + ": " + checked.stdout + checked.stderr
