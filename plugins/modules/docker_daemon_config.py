@@ -220,9 +220,10 @@ class DaemonConfig:
         return validated_with, backup_file
 
     def _recorded_keys(self):
+        """The keys of the record, or None when there is no record (yet)."""
         record = self.module.params["record"]
         if not record or not os.path.exists(record):
-            return []
+            return None
         try:
             with open(record, encoding="utf-8") as handle:
                 keys = json.load(handle)
@@ -232,37 +233,34 @@ class DaemonConfig:
             self.module.fail_json(msg=f"record: {record} must hold a JSON list of key names")
         return keys
 
-    def _write_record(self, keys, result):
-        """Write the record when it differs; return whether it did. ``record_before`` in the result lets a caller
-        that rolls the file back roll the record back too."""
-        record = self.module.params["record"]
-        text = json.dumps(sorted(keys)) + "\n"
-        if os.path.exists(record):
-            with open(record, encoding="utf-8") as handle:
-                before = handle.read()
-            if before == text:
-                return False
-            result["record_before"] = json.loads(before)
-        else:
-            result["record_before"] = None
+    def _write_record(self, keys, recorded, result):
+        """Write the record when it differs from ``recorded`` (its keys as read, None when there was no record);
+        return whether it did. ``record_before`` in the result lets a caller that rolls the file back roll the
+        record back too."""
+        keys = sorted(keys)
+        if recorded == keys:
+            return False
+        result["record_before"] = recorded
         if self.module.check_mode:
             return True
+        record = self.module.params["record"]
         fd, candidate = tempfile.mkstemp(prefix=".mooring-keys.", dir=os.path.dirname(record) or ".")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+            handle.write(json.dumps(keys) + "\n")
         self.module.atomic_move(candidate, record)
         os.chmod(record, 0o600)
         return True
 
     def run(self):
         before_text, existing = self._read_existing()
-        dropped = sorted(key for key in self._recorded_keys() if key not in self.overlay and key in existing)
+        recorded = self._recorded_keys()
+        dropped = sorted(key for key in recorded or [] if key not in self.overlay and key in existing)
         merged = _deep_merge({key: value for key, value in existing.items() if key not in dropped}, self.overlay)
         result = {"changed": False, "config": merged, "removed_keys": dropped}
         if merged == existing and os.path.exists(self.path):
             result["changed"] = self.module.set_mode_if_different(self.path, self.module.params["mode"], False)
             if self.module.params["record"]:
-                result["changed"] = self._write_record(self.overlay, result) or result["changed"]
+                result["changed"] = self._write_record(self.overlay, recorded, result) or result["changed"]
             return result
         after_text = _render(merged)
         result["changed"] = True
@@ -277,7 +275,7 @@ class DaemonConfig:
             return result
         validated_with, backup_file = self._write(after_text)
         if self.module.params["record"]:
-            self._write_record(self.overlay, result)
+            self._write_record(self.overlay, recorded, result)
         result["validated_with"] = validated_with
         if backup_file:
             result["backup_file"] = backup_file

@@ -5,13 +5,12 @@ path is in test_harbor_image_token.py."""
 
 import json
 import os
-import subprocess
 import uuid
 
 import pytest
 import requests
 
-from conftest import LAB_DIR, REPO_DIR, changes, failures, run, run_module
+from conftest import LAB_DIR, changes, failures, run, run_module
 
 REGISTRY = "harbor.lab"
 PROJECT = "mooring-test"
@@ -151,15 +150,7 @@ def test_module_defaults_for_the_harbor_group_and_the_environment_supply_url_and
     env = dict(os.environ, HARBOR_USERNAME="mooring", HARBOR_PASSWORD=password())
 
     def converge():
-        return subprocess.run(
-            ["ansible-playbook", "-i", "localhost,", "-c", "local", "-v", str(playbook)],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=REPO_DIR,
-            timeout=600,
-            check=False,
-        )
+        return run(["ansible-playbook", "-i", "localhost,", "-c", "local", "-v", str(playbook)], timeout=600, env=env)
 
     first = converge()
     assert first.returncode == 0, failures(first)
