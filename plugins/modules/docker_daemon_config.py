@@ -146,6 +146,14 @@ def _deep_merge(base, overlay):
     return merged
 
 
+def merge_config(existing, overlay, recorded=None):
+    """daemon.json as it should be: ``overlay`` merged deep into ``existing``, less the keys that were managed
+    once (``recorded``) and are no longer in ``overlay``. Keys nobody manages stay. Returns (merged, dropped)."""
+    dropped = sorted(key for key in recorded or [] if key not in overlay and key in existing)
+    merged = _deep_merge({key: value for key, value in existing.items() if key not in dropped}, overlay)
+    return merged, dropped
+
+
 def _render(config):
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
@@ -254,8 +262,7 @@ class DaemonConfig:
     def run(self):
         before_text, existing = self._read_existing()
         recorded = self._recorded_keys()
-        dropped = sorted(key for key in recorded or [] if key not in self.overlay and key in existing)
-        merged = _deep_merge({key: value for key, value in existing.items() if key not in dropped}, self.overlay)
+        merged, dropped = merge_config(existing, self.overlay, recorded)
         result = {"changed": False, "config": merged, "removed_keys": dropped}
         if merged == existing and os.path.exists(self.path):
             result["changed"] = self.module.set_mode_if_different(self.path, self.module.params["mode"], False)

@@ -138,6 +138,7 @@ diff:
   sample: {"before": {"digest": null}, "after": {"digest": "sha256:7d0e..."}}
 """
 
+import re
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
@@ -160,8 +161,14 @@ else:
     DOCKER_IMPORT_ERROR = None
 
 
+IMAGE_ID = re.compile(r"(sha256:[0-9a-f]{64}|[0-9a-f]{12,64})")
+
+
 def _split_reference(reference):
-    """name and tag of a reference such as host:5000/a/b:tag (a digest reference keeps its name only)."""
+    """name and tag of a reference such as host:5000/a/b:tag (a digest reference keeps its name only); an image
+    ID (sha256:..., or 12 to 64 hex digits as docker prints them) has neither."""
+    if IMAGE_ID.fullmatch(reference):
+        return None, None
     name = reference.split("@", 1)[0]
     last = name.rsplit("/", 1)[-1]
     if ":" in last:
@@ -177,9 +184,10 @@ class HarborImage:
         self.registry = registry_host(params["registry"])
         self.source = params["source"]
         source_name, source_tag = _split_reference(self.source or "")
-        self.repository_path = "/".join(
-            [params["project"], params["repository"] or source_name.rsplit("/", 1)[-1]]
-        ).strip("/")
+        if not (params["repository"] or source_name):
+            module.fail_json(msg=f"repository: source {self.source} is an image ID, which names no repository; set one")
+        self.repository_path = "/".join([params["project"], params["repository"] or source_name.rsplit("/", 1)[-1]])
+        self.repository_path = self.repository_path.strip("/")
         self.tag = params["tag"] or source_tag or "latest"
         self.target_repo = f"{self.registry}/{self.repository_path}"
         self.image = f"{self.target_repo}:{self.tag}"

@@ -114,7 +114,7 @@ options:
     type: int
     default: 10
   capabilities:
-    description: Capabilities added to Docker's default set (C(ALL) for all).
+    description: Capabilities added to Docker's default set (C(ALL) for every one the host can hand on).
     type: list
     elements: str
     default: []

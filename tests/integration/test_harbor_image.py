@@ -5,6 +5,7 @@ path is in test_harbor_image_token.py."""
 
 import json
 import os
+import socket
 import uuid
 
 import pytest
@@ -171,3 +172,47 @@ def test_a_registry_that_is_neither_a_host_nor_a_url_fails_naming_the_option(rep
     result = push(source=SOURCE, repository=repository, registry="harbor.lab/mooring")
     assert result.get("failed") is True
     assert result["msg"].startswith("registry: expected a registry host[:port] or https://host[:port]"), result["msg"]
+
+
+def test_a_source_by_image_id_needs_a_repository_and_pushes_as_latest(repository):
+    image_id = run(["docker", "image", "inspect", "--format", "{{.Id}}", SOURCE]).stdout.strip()
+    assert image_id.startswith("sha256:"), image_id
+    unnamed = push(source=image_id)
+    assert unnamed.get("failed") is True
+    assert unnamed["msg"] == f"repository: source {image_id} is an image ID, which names no repository; set one"
+    for source in (image_id, image_id.removeprefix("sha256:")[:12]):
+        pushed = push(source=source, repository=repository)
+        assert pushed.get("failed") is not True, pushed["_output"]
+        assert pushed["image"] == f"{REGISTRY}/{PROJECT}/{repository}:latest"
+    assert registry_digest(repository, "latest") == pushed["digest"]
+
+
+def test_the_repository_defaults_to_the_last_part_of_the_source_name(repository):
+    source = f"mooring/{repository}:probe"
+    assert run(["docker", "tag", SOURCE, source]).returncode == 0
+    try:
+        pushed = push(source=source)
+        assert pushed.get("failed") is not True, pushed["_output"]
+        assert pushed["image"] == f"{REGISTRY}/{PROJECT}/{repository}:probe"
+        assert registry_digest(repository, "probe") == pushed["digest"]
+    finally:
+        run(["docker", "image", "rm", source])
+
+
+def test_validate_certs_false_pushes_without_the_ca(repository):
+    """The module's own registry calls skip verification; the engine's push trusts the CA through certs.d."""
+    pushed = push(source=SOURCE, repository=repository, ca_cert=None, validate_certs=False)
+    assert pushed.get("failed") is not True, pushed["_output"]
+    assert registry_digest(repository, "bookworm") == pushed["digest"]
+
+
+def test_a_registry_that_never_answers_fails_after_timeout(repository):
+    """A listener that accepts and then says nothing (a hung registry): the module gives up after `timeout`
+    seconds and says so, instead of hanging the play."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        result = push(source=SOURCE, repository=repository, registry=f"127.0.0.1:{port}", timeout=3)
+    assert result.get("failed") is True
+    assert result["msg"] == f"the registry 127.0.0.1:{port} did not answer within 3s", result["msg"]

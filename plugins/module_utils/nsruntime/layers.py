@@ -51,11 +51,10 @@ def _hex(digest):
 def parse_reference(reference):
     """'harbor.lab/mooring/nginx:1.22' -> ('harbor.lab', 'mooring/nginx', '1.22'); a digest works as the tag."""
     name, at, digest = reference.partition("@")
-    if at:
+    last = name.rsplit("/", 1)[-1]
+    name, tag = name.rsplit(":", 1) if ":" in last else (name, "latest")
+    if at:  # name:tag@digest pulls the digest, as docker does; the tag is only a label
         tag = digest
-    else:
-        last = name.rsplit("/", 1)[-1]
-        name, tag = name.rsplit(":", 1) if ":" in last else (name, "latest")
     registry, _slash, repository = name.partition("/")
     if not repository or ("." not in registry and ":" not in registry and registry != "localhost"):
         raise ImageError(f"image {reference!r} must name its registry, e.g. harbor.example.com/project/name:tag")

@@ -89,15 +89,15 @@ def bounding_set():
 
 
 def capability_set(add=(), drop=(), privileged=False):
-    """Docker's default set with cap_add / cap_drop applied ('ALL' works in both, as in docker run); privileged:
-    every capability this host can hand on."""
+    """Docker's default set with cap_add / cap_drop applied ('ALL' works in both, as in docker run); privileged
+    and cap_add ALL: every capability this host can hand on (a named one it lacks is an error)."""
     names = set(bounding_set()) if privileged else set(DEFAULT_CAPABILITIES)
     for option, values in (("capabilities", add), ("cap_drop", drop)):
         unknown = sorted(value for value in values if value.upper().removeprefix("CAP_") not in {*CAPABILITIES, "ALL"})
         if unknown:
             raise SpecError(f"{option}: unknown capabilities {', '.join(unknown)} (e.g. NET_ADMIN, SYS_PTRACE, ALL)")
     for name in (value.upper().removeprefix("CAP_") for value in add):
-        names |= set(CAPABILITIES) if name == "ALL" else {name}
+        names |= set(bounding_set()) if name == "ALL" else {name}
     for name in (value.upper().removeprefix("CAP_") for value in drop):
         names = set() if name == "ALL" else names - {name}
     missing = sorted(names - bounding_set())
