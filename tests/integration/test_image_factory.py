@@ -2,13 +2,15 @@
 HEALTHCHECK, runs as its non-root user and does its job; and harbor.lab holds each one for the lab hosts."""
 
 import json
+import sys
 import time
+import urllib.parse
 import uuid
 
 import pytest
 import requests
 
-from conftest import LAB_DIR, run
+from conftest import LAB_DIR, REPO_DIR, changes, failures, run
 
 HEALTH_TIMEOUT = 180
 IMAGES = {
@@ -145,3 +147,39 @@ def test_mirror_mode_copies_an_upstream_image_into_the_registry(lab, tmp_path):
         assert "changed=0" in second.stdout[second.stdout.rfind("PLAY RECAP") :], second.stdout[-3000:]
     finally:
         run(["docker", "image", "rm", "harbor.lab/mooring-mirror/debian:bookworm"])
+
+
+def test_the_builds_apt_follows_this_machine_or_the_override(lab, tmp_path):
+    """The service images are built FROM a build base whose apt names the machine's own mirror (make lab); with
+    image_factory_apt_mirror set, the build base names that instead, and apt-get update works against it."""
+    machine = run([sys.executable, str(REPO_DIR / "tests" / "apt_mirror.py")]).stdout.strip()
+    sources = "/etc/apt/sources.list.d/debian.sources"
+    built = run(["docker", "run", "--rm", f"mooring/nginx:{image_tag('nginx')}", "cat", sources]).stdout
+    assert f"URIs: {machine}\n" in built, built
+
+    mirror = urllib.parse.urlsplit(machine)
+    if mirror.scheme not in ("http", "https") or mirror.port:
+        pytest.skip(f"this machine's mirror {machine} cannot be respelt with its default port")
+    port = 80 if mirror.scheme == "http" else 443
+    override = mirror._replace(netloc=f"{mirror.hostname}:{port}").geturl()  # the same server, spelt differently
+    playbook = tmp_path / "apt-base.yml"
+    playbook.write_text(
+        "- hosts: image_factory\n  gather_facts: false\n  tasks:\n"
+        "    - {ansible.builtin.include_role: {name: mooring.ops.image_factory, tasks_from: apt_base}}\n"
+    )
+    namespace = f"mooring-apt-{uuid.uuid4().hex[:6]}"
+    settings = {"image_factory_apt_mirror": override, "image_factory_namespace": namespace}
+    command = ["ansible-playbook", "-i", "inventory/lab", str(playbook), "-e", json.dumps(settings)]
+    try:
+        first = run(command)
+        assert first.returncode == 0, failures(first)
+        image = f"{namespace}/apt-base:bookworm"
+        written = run(["docker", "run", "--rm", image, "cat", sources]).stdout
+        assert f"URIs: {override}\n" in written and f"URIs: {override}-security\n" in written, written
+        updated = run(["docker", "run", "--rm", image, "apt-get", "update"], timeout=600)
+        assert updated.returncode == 0, updated.stdout[-2000:] + updated.stderr[-2000:]
+        assert override in updated.stdout
+        second = run(command)
+        assert second.returncode == 0 and changes(second)["localhost"] == 0, failures(second)
+    finally:
+        run(["docker", "image", "rm", f"{namespace}/apt-base:bookworm"])
