@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,14 @@ os.environ.setdefault("ANSIBLE_CONFIG", str(REPO_DIR / "ansible.cfg"))
 
 def run(command, timeout=1800, env=None, cwd=REPO_DIR):
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout, check=False)
+
+
+def free_port():
+    """A TCP port nobody listens on now, chosen by the kernel from its ephemeral range (fixed or pid-derived
+    numbers collide with whatever else the machine runs)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("0.0.0.0", 0))  # noqa: S104 - a published port listens on every address
+        return probe.getsockname()[1]
 
 
 def run_module(module, args, *options):

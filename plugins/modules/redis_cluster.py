@@ -661,6 +661,15 @@ def main():
     duplicates = sorted({address for address in addresses if addresses.count(address) > 1})
     if duplicates:
         module.fail_json(msg="nodes lists %s more than once" % ", ".join(duplicates))
+    for index, node in enumerate(params["nodes"]):
+        bus_port = node["bus_port"] or node["port"] + 10000
+        if not 0 < node["port"] < 65536 or not 0 < bus_port < 65536:
+            module.fail_json(
+                msg="nodes[%d] (%s): port %d and cluster bus port %d (bus_port, default port + 10000) must be "
+                "within 1-65535" % (index, node["host"], node["port"], bus_port)
+            )
+    if params["timeout"] < 1:
+        module.fail_json(msg="timeout must be 1 second or more, got %d" % params["timeout"])
     if params["replicas"] < 0:
         module.fail_json(msg="replicas must be 0 or more, got %d" % params["replicas"])
     masters = len(addresses) // (params["replicas"] + 1)

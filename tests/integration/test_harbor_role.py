@@ -225,26 +225,57 @@ def test_passwords_and_the_key_stay_out_of_the_output(site):
         assert secret not in output + second
 
 
+LOOPBACK = "must be the DNS name or address that clients use, not localhost or a loopback address, got"
+
+
 @pytest.mark.parametrize(
-    ("override", "named"),
+    ("override", "named", "message"),
     [
-        ({"harbor_hostname": "localhost"}, "harbor_hostname"),
-        ({"harbor_hostname": "127.0.0.1"}, "harbor_hostname"),
-        ({"harbor_hostname": "bad_name!"}, "harbor_hostname"),
-        ({"harbor_admin_password": "harbor12345"}, "harbor_admin_password"),
-        ({"harbor_installer_src": "harbor-offline-installer-v2.11.0.zip"}, "harbor_installer_src"),
-        ({"harbor_tls_private_key": ""}, "harbor_tls_private_key"),
-        ({"harbor_https_port": 80}, "harbor_https_port"),
-        ({"harbor_http_port": "eighty"}, "harbor_http_port"),
-        ({"harbor_database_password": None}, "harbor_database_password"),
+        ({"harbor_hostname": "localhost"}, "harbor_hostname", f'harbor_hostname {LOOPBACK} "localhost"'),
+        ({"harbor_hostname": "127.0.0.1"}, "harbor_hostname", f'harbor_hostname {LOOPBACK} "127.0.0.1"'),
+        (
+            {"harbor_hostname": "bad_name!"},
+            "harbor_hostname",
+            "harbor_hostname must be a DNS name or an IPv4 address (letters, digits, hyphens and dots), got "
+            '"bad_name!"',
+        ),
+        (
+            {"harbor_admin_password": "harbor12345"},
+            "harbor_admin_password",
+            "harbor_admin_password must have 8 to 128 characters with an upper-case letter, a lower-case letter and "
+            "a digit (Harbor refuses others)",
+        ),
+        (
+            {"harbor_installer_src": "harbor-offline-installer-v2.11.0.zip"},
+            "harbor_installer_src",
+            "harbor_installer_src must be the offline installer (harbor-offline-installer-vX.Y.Z.tgz), as a URL or "
+            'a path, got "harbor-offline-installer-v2.11.0.zip"',
+        ),
+        (
+            {"harbor_tls_private_key": ""},
+            "harbor_tls_private_key",
+            "harbor_tls_certificate and harbor_tls_private_key are required while harbor_https_enabled",
+        ),
+        ({"harbor_https_port": 80}, "harbor_https_port", "harbor_http_port and harbor_https_port must differ"),
+        (
+            {"harbor_http_port": "eighty"},
+            "harbor_http_port",
+            "argument 'harbor_http_port' is of type str and we were unable to convert to int",
+        ),
+        (
+            {"harbor_database_password": None},
+            "harbor_database_password",
+            "harbor_database_password must not be empty",
+        ),
     ],
 )
-def test_bad_input_fails_naming_the_parameter_and_leaves_the_host_alone(site, override, named):
+def test_bad_input_fails_naming_the_parameter_and_leaves_the_host_alone(site, override, named, message):
+    """The specific message, not just the name: Ansible prints every option name on any argument-spec failure."""
     variables = {key: value for key, value in override.items() if value is not None}
     if None in override.values():
         site["vars"].pop(named)
     code, _recap, output = converge(site, **variables)
     assert code != 0
-    assert named in output
+    assert message in " ".join(output.replace("''", "'").split()), output[-3000:]
     assert not (site["dir"] / "opt-harbor").exists()
     assert ADMIN_PASSWORD not in output

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import LAB_DIR, REPO_DIR, run, runtime_residue
+from conftest import LAB_DIR, REPO_DIR, free_port, run, runtime_residue
 
 PROBE = "harbor.lab/library/debian-python:bookworm"
 BRIDGE, SUBNET, GATEWAY = "mooringt2", "10.92.0.0/24", "10.92.0.1"
@@ -104,7 +104,7 @@ def test_an_attached_run_streams_its_output_and_passes_sigterm_to_pid_1(ctr, nam
 
 
 def test_detached_ps_exec_logs_published_port_stop_and_rm(ctr, name):
-    port = 19500 + os.getpid() % 400
+    port = free_port()
     started = ctr("run", "-d", "--name", name, "-p", f"{port}:8000", "-m", "128m", PROBE,
                   "python3", "-u", "-m", "http.server", "8000", "--directory", "/etc")  # fmt: skip
     assert started.returncode == 0, started.stderr

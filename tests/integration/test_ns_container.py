@@ -20,6 +20,7 @@ from conftest import (
     REPO_DIR,
     RUNTIME_GATEWAY,
     container,
+    free_port,
     residue,
     rt,
     run_module,
@@ -151,7 +152,7 @@ def test_restart_on_failure_restarts_up_to_n_times(runtime, named):
 
 def test_a_published_port_answers_and_two_containers_reach_each_other(runtime, named):
     server, client = named(), named()
-    port = 19000 + os.getpid() % 500
+    port = free_port()
     started = container(runtime, server, image="debian", command=SERVE, published_ports=[f"{port}:8000"])
     assert started["changed"] is True, started["_output"]
 
@@ -317,7 +318,7 @@ def test_a_role_runs_nginx_configures_it_through_the_connection_and_removes_it_w
         "mooring.ops.ns_image", {"root": runtime["root"], "name": "harbor.lab/mooring/nginx:1.22", **credentials}
     )
     assert pulled.get("failed") is not True, pulled["_output"]
-    port = 19500 + os.getpid() % 400
+    port = free_port()
     role = tmp_path / "roles" / "ns_nginx" / "tasks"
     role.mkdir(parents=True)
     (role / "main.yml").write_text(NGINX_ROLE)

@@ -14,7 +14,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import LAB_DIR, REPO_DIR, run, run_module
+from conftest import LAB_DIR, REPO_DIR, free_port, run, run_module
 
 sys.path.insert(0, str(REPO_DIR / "collections"))
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.layers import (
@@ -362,7 +362,7 @@ def test_an_insecure_registry_is_pulled_from_over_plain_http_only_when_asked(lab
     """The course notes' registry without TLS: validate_certs=false reaches it as docker's insecure-registries
     would (https first, then http); the default refuses and says what to set. The engine pushes to it on
     127.0.0.1, which docker treats as insecure without any daemon.json change."""
-    port = 15000 + os.getpid() % 500
+    port = free_port()
     container = f"mooring-test-plain-registry-{uuid.uuid4().hex[:8]}"
     config = tmp_path / "registry"
     config.mkdir()

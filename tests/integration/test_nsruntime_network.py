@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import REPO_DIR, run, runtime_residue
+from conftest import REPO_DIR, free_port, run, runtime_residue
 
 sys.path.insert(0, str(REPO_DIR / "collections"))
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import namespaces, network, overlay, spec
@@ -88,7 +88,7 @@ def test_two_containers_on_the_bridge_reach_each_other(debian_image, net, tmp_pa
 
 
 def test_a_published_port_answers_from_the_host(debian_image, net, tmp_path):
-    port = 18000 + os.getpid() % 1000
+    port = free_port()
     with container(debian_image, net, tmp_path, SERVE, [{"host_port": port, "container_port": 8000}]) as server:
         assert wait_for(f"http://{net.gateway}:{port}/etc/hostname").strip() == server["name"]
         outside = run(["ip", "-4", "route", "get", "1.1.1.1"]).stdout.split("src ")[1].split()[0]
@@ -99,7 +99,7 @@ def test_what_a_dead_container_left_is_cleared_before_its_name_runs_again(debian
     """A shim killed before it cleaned up leaves a namespace, a veth and a lease; a reboot with saved iptables
     rules (iptables-persistent) leaves a DNAT rule alone. The next start of the name clears both first: the stale
     rule for the same port would otherwise win over the new one."""
-    port = 18000 + (os.getpid() + 500) % 1000
+    port = free_port()
     name = f"t{uuid.uuid4().hex[:8]}"
     stale = ["-p", "tcp", "--dport", str(port), "-m", "comment", "--comment", f"mooring:{name}",
              "-j", "DNAT", "--to-destination", "10.89.0.250:8000"]  # fmt: skip

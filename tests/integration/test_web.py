@@ -10,7 +10,7 @@ import zipfile
 import pytest
 import requests
 
-from conftest import LAB_DIR, changes, run, run_module
+from conftest import LAB_DIR, changes, failures, run, run_module
 
 NODES = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13"}
 SPARE = "node3"
@@ -111,22 +111,35 @@ def test_check_mode_on_the_converged_lab_reports_no_change(lab, name):
 
 
 @pytest.mark.parametrize(
-    ("name", "variables", "named"),
+    ("name", "variables", "message"),
     [
-        ("nginx", {"nginx_proxy_location": "app"}, "nginx_proxy_location"),
-        ("nginx", {"nginx_upstream_servers": ["node2"]}, "nginx_upstream_servers"),
-        ("nginx", {"nginx_tls_certificate": "files/server.crt"}, "nginx_tls_private_key"),
-        ("tomcat", {"tomcat_heap": "lots"}, "tomcat_heap"),
-        ("tomcat", {"tomcat_war": "app.zip"}, "tomcat_war"),
-        ("tomcat", {"tomcat_proxy_scheme": "ftp"}, "tomcat_proxy_scheme"),
+        ("nginx", {"nginx_proxy_location": "app"}, 'nginx_proxy_location must start and end with /, got "app"'),
+        (
+            "nginx",
+            {"nginx_upstream_servers": ["node2"]},
+            'nginx_upstream_servers must be host:port items, got ["node2"]',
+        ),
+        (
+            "nginx",
+            {"nginx_tls_certificate": "files/server.crt"},
+            "nginx_tls_certificate and nginx_tls_private_key go together",
+        ),
+        ("tomcat", {"tomcat_heap": "lots"}, 'tomcat_heap must look like 512m or 2g, got "lots"'),
+        ("tomcat", {"tomcat_war": "app.zip"}, 'tomcat_war must be a .war file, got "app.zip"'),
+        (
+            "tomcat",
+            {"tomcat_proxy_scheme": "ftp"},
+            "value of tomcat_proxy_scheme must be one of: http, https, got: ftp",
+        ),
     ],
 )
-def test_bad_input_fails_naming_the_variable_and_leaves_the_service_alone(lab, name, variables, named):
+def test_bad_input_fails_naming_the_variable_and_leaves_the_service_alone(lab, name, variables, message):
+    """The specific message, not just the name: Ansible prints every option name on any argument-spec failure."""
     node = "node2"
     before = started_at(node, name)
     failed = playbook(name, "--limit", node, "-e", json.dumps(variables))
     assert failed.returncode != 0
-    assert named in failed.stdout
+    assert message in " ".join(failed.stdout.split()), failures(failed)
     assert started_at(node, name) == before
 
 
