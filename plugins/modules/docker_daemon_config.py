@@ -18,6 +18,8 @@ description:
     dockerd supports it (Docker 23 and later), and as a JSON object always.
   - An existing file that is not valid JSON makes the module fail, naming the file, and nothing is changed.
   - It does not restart the daemon; use the module's RV(ignore:changed) to notify a handler.
+  - A C(hosts) list with a C(tcp://) socket and without C(tlsverify) makes the module warn, as that socket gives
+    root on the host to anyone who reaches it.
 version_added: 0.1.0
 author:
   - mooring developers (@mooring)
@@ -263,6 +265,12 @@ class DaemonConfig:
         before_text, existing = self._read_existing()
         recorded = self._recorded_keys()
         merged, dropped = merge_config(existing, self.overlay, recorded)
+        plain = [host for host in merged.get("hosts") or [] if str(host).startswith("tcp://")]
+        if plain and merged.get("tlsverify") is not True:
+            self.module.warn(
+                f"{self.path} makes dockerd listen on {', '.join(plain)} without tlsverify: anyone who reaches "
+                "the port controls the engine and is root on this host"
+            )
         result = {"changed": False, "config": merged, "removed_keys": dropped}
         if merged == existing and os.path.exists(self.path):
             result["changed"] = self.module.set_mode_if_different(self.path, self.module.params["mode"], False)
