@@ -47,6 +47,7 @@ lab-down: venv
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab_down.yml
 
 lint: venv
+	@echo "== lint from $$(date +%T)"
 	yamllint --strict .
 	ansible-lint --offline --profile production
 	ruff check .
@@ -54,17 +55,21 @@ lint: venv
 	antsibull-changelog lint
 
 sanity: venv
+	@echo "== sanity from $$(date +%T)"
 	tests/sanity.sh
 
 molecule: registry
+	@echo "== molecule from $$(date +%T)"
 	molecule test --all
 
 # Pure logic, no root, no docker, no lab: seconds.
 unit: venv
 	pytest -q tests/unit
 
+# Each phase says when it starts, and pytest lists its slowest tests: make test's time is watched (limit 60 min).
 test: lint unit sanity molecule
-	pytest tests/integration
+	@echo "== integration tests from $$(date +%T)"
+	pytest --durations=25 tests/integration
 
 bench: lab
 	command -v podman >/dev/null && command -v crun >/dev/null || apt-get install -y -qq podman crun >/dev/null
