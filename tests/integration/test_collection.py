@@ -118,3 +118,12 @@ def test_the_installed_tarball_documents_its_modules_and_resolves_its_playbooks_
     for playbook in ("mooring.ops.site", "mooring.ops.docker_hosts", "mooring.ops.redis_cluster"):
         checked = run(["ansible-playbook", "-i", str(inventory), playbook, "--syntax-check"], 300, env, tmp_path)
         assert checked.returncode == 0, playbook + ": " + checked.stdout + checked.stderr
+
+    # What ansible-builder puts into an execution environment for this collection: meta/execution-environment.yml's
+    # controller needs, nothing of the development toolchain (which it used to take from requirements.txt).
+    introspected = run(["ansible-builder", "introspect", str(install)], 300, env, tmp_path)
+    assert introspected.returncode == 0, introspected.stderr
+    needs = yaml.safe_load(introspected.stdout)
+    python = {re.split(r"[<>=\s#]", line.strip(), maxsplit=1)[0].lower() for line in needs["python"]}
+    assert python == {"requests", "cryptography"}, needs["python"]
+    assert any("openssh-client [platform:dpkg]" in line for line in needs["system"]), needs["system"]
