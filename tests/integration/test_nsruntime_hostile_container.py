@@ -395,5 +395,31 @@ def test_a_stop_is_never_lost_against_a_container_that_restarts_itself(runtime, 
     assert not _alive_shim(runtime_api.state(name).get("shim_pid"))
 
 
+def test_a_start_during_the_restart_back_off_leaves_the_restart_to_the_shim_that_is_there(runtime, named):
+    """Between two runs the shim sleeps (restart back-off) with the container exited. A start then must not fork
+    a second shim beside it: two would set up and tear down the same container's network at once (that race
+    once failed the test above with "RTNETLINK answers: No such device")."""
+    name = named()
+    started = container(runtime, name, image="debian", command="sleep 0.02", restart_policy="always", stop_timeout=1)
+    assert started.get("failed") is not True, started["_output"]
+    runtime_api = rt(runtime)
+    deadline = time.monotonic() + 60
+    with runtime_api.lock(name):
+        while True:
+            state = runtime_api.state(name)
+            # Exited, its shim alive, no stop asked for: the policy (always) has it sleeping before the next run.
+            if state["status"] == "exited" and _alive_shim(state.get("shim_pid")) and state["restart_count"] >= 3:
+                break
+            assert time.monotonic() < deadline, state
+            time.sleep(0.01)
+        shim = state["shim_pid"]
+        restarted = runtime_api.start(name)
+        assert restarted["status"] in ("running", "exited"), restarted
+        assert restarted["shim_pid"] == shim
+        assert not restarted.get("error"), restarted
+        stopped = runtime_api.stop(name, timeout=1)
+    assert stopped["status"] == "exited" and not _alive_shim(shim), stopped
+
+
 def _alive_shim(pid):
     return bool(pid) and os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"

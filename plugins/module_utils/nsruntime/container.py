@@ -169,9 +169,29 @@ class Runtime:
         self._write(name, "config.json", config)
         self._write(name, "state.json", {"status": "created", "restart_count": 0})
 
+    def _previous_shim_restarts(self, name):
+        """Whether a shim of an earlier start is alive and about to restart the container itself (its restart
+        back-off); a live shim that is not is on its way out, and this waits for it to end. Either way no second
+        shim is forked beside a live one: two would set up, and tear down, the same container's network at once."""
+        state = self._read(name, "state.json") or {}
+        shim = state.get("shim_pid")
+        if not _alive(shim):
+            return False
+        if state.get("restart_pending") and not state.get("stop_requested"):
+            return True
+        deadline = time.monotonic() + START_TIMEOUT
+        while _alive(shim):
+            if time.monotonic() > deadline:
+                raise ContainerError(f"{name}: the shim of its last start (pid {shim}) outlived {START_TIMEOUT} s")
+            time.sleep(0.01)
+        return False
+
     def start(self, name):
         """Fork the shim and wait until PID 1 runs (or the start failed); return the state."""
+        restarting = self._previous_shim_restarts(name)
         self.update_state(name, status="starting", error=None, stop_requested=False)
+        if restarting:
+            return self._await_start(name)
         first = os.fork()
         if first == 0:
             try:
@@ -186,6 +206,9 @@ class Runtime:
             finally:
                 os._exit(0)
         os.waitpid(first, 0)
+        return self._await_start(name)
+
+    def _await_start(self, name):
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             state = self._read(name, "state.json")
@@ -236,7 +259,7 @@ class Runtime:
                 )  # fmt: skip
                 state.update(
                     status="exited", exit_code=code, oom_killed=oom, error=error, pid=None, restart_count=restarts,
-                    finished_at=time.time(),
+                    finished_at=time.time(), restart_pending=again,
                 )  # fmt: skip
                 self._write(name, "state.json", state)
             if not again:
