@@ -14,6 +14,8 @@ NODES = ["node1", "node2", "node3"]
 REGISTRY = "harbor.lab"
 REGISTRY_ADDRESS = "172.30.0.10"
 PROBE_IMAGE = f"{REGISTRY}/library/debian:bookworm"
+# What each lab host runs (inventory/lab: lab_node_suite): Debian's version file and python3.
+RELEASES = {"node1": ("11.", "3.9"), "node2": ("12.", "3.11"), "node3": ("13.", "3.13")}
 
 
 def in_node(node, command):
@@ -55,6 +57,41 @@ def test_each_node_runs_its_own_engine_under_systemd(lab, node):
     info = json.loads(in_node(node, "docker info --format '{{json .}}'").stdout)
     assert info["Driver"] == "overlay2"
     assert in_node(node, "iptables -S FORWARD | head -n 1").stdout.strip() == "-P FORWARD ACCEPT"
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_each_node_runs_the_debian_release_and_python_the_inventory_names(lab, node):
+    version, python = RELEASES[node]
+    assert in_node(node, "cat /etc/debian_version").stdout.startswith(version)
+    found = in_node(node, "python3 -c 'import sys; print(*sys.version_info[:2], sep=\".\")'").stdout.strip()
+    assert found == python
+
+
+def test_debian_13s_dockerd_refuses_a_bad_daemon_option_before_the_file_or_the_engine_is_touched(lab):
+    """docker.io 26 has `dockerd --validate`: the role's daemon.json merge is checked by the engine itself, so a
+    key dockerd does not know never reaches the file and docker is not restarted (20.10 on node1/2 can only
+    try a restart and roll back, which Molecule's docker_host scenario tests)."""
+    before = in_node("node3", "cat /etc/docker/daemon.json").stdout
+    started = in_node("node3", "systemctl show --property=ExecMainStartTimestamp docker").stdout
+    refused = run(
+        [
+            "ansible-playbook",
+            "-i",
+            "inventory/lab",
+            "--limit",
+            "node3",
+            "-e",
+            json.dumps({"docker_host_daemon_options": {"bogus-key": 1}}),
+            "playbooks/docker_hosts.yml",
+        ]
+    )
+    assert refused.returncode != 0
+    assert "dockerd refused the merged configuration for /etc/docker/daemon.json" in refused.stdout
+    assert "bogus-key" in refused.stdout
+    assert in_node("node3", "cat /etc/docker/daemon.json").stdout == before
+    assert in_node("node3", "ls /etc/docker/daemon.json.refused").returncode != 0
+    assert in_node("node3", "systemctl show --property=ExecMainStartTimestamp docker").stdout == started
+    assert in_node("node3", "systemctl is-active docker").stdout.strip() == "active"
 
 
 @pytest.mark.parametrize("node", NODES)
