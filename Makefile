@@ -9,12 +9,13 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 LAB_INVENTORY := inventory/lab
 
-.PHONY: help venv engine images registry lab lab-down test unit lint sanity molecule molecule-scenarios bench
+.PHONY: help venv engine images registry ee lab lab-down test unit lint sanity molecule molecule-scenarios bench
 
 help:
 	@echo "make lab       bring up the embedded lab and run site.yml on it (the main job)"
 	@echo "make test      lint, unit tests, ansible-test sanity, Molecule scenarios and integration tests"
 	@echo "make unit      the fast unit tests alone (no root, no docker)"
+	@echo "make ee        build mooring's execution environment (ansible-builder, offline) on this machine's engine"
 	@echo "make lab-down  remove every container, network, volume, image tag and file the lab made"
 	@echo "make lint      ansible-lint (production), yamllint, ruff"
 	@echo "make bench     converge, push and middleware benchmarks (bench/)"
@@ -38,6 +39,11 @@ images: venv
 registry: venv
 	@echo "== lab engine, images and registry from $$(date +%T)"
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab.yml --tags engine,images,registry
+
+# The execution environment for AWX/AAP (ee/execution-environment.yml), from the lab's base image.
+ee: registry
+	@echo "== execution environment from $$(date +%T)"
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab.yml --tags ee
 
 lab: venv
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab.yml
@@ -72,9 +78,10 @@ unit: venv
 
 # Each phase says when it starts, and pytest lists its slowest tests: make test's time is watched (limit 60 min).
 # Sanity is CPU work and the lab's images mostly wait on the mirror, so the two run side by side (output kept
-# per target); Molecule then needs both the registry and a free CPU.
+# per target); the execution environment builds after the registry, also beside sanity. Molecule then needs both
+# the registry and a free CPU.
 test: lint unit
-	@$(MAKE) --no-print-directory --output-sync=target -j2 sanity registry
+	@$(MAKE) --no-print-directory --output-sync=target -j2 sanity ee
 	@$(MAKE) --no-print-directory molecule-scenarios
 	@echo "== integration tests from $$(date +%T)"
 	pytest --durations=25 tests/integration

@@ -15,7 +15,7 @@ from conftest import REPO_DIR, run
 BUILTIN = {"ansible.builtin", "ansible.module_utils", "ansible.plugins", "ansible.legacy", "mooring.ops"}
 FQCN = re.compile(r"(?<![\w.])([a-z][a-z0-9_]*)\.([a-z][a-z0-9_]*)\.[a-z][a-z0-9_]*")
 LAB_AND_DEV = re.compile(
-    r"^(roles/lab_|playbooks/lab|inventory/|bench/|molecule/|tests/integration/|tests/unit/|\.venv/|\.lab/|\.ci/|"
+    r"^(roles/lab_|playbooks/lab|inventory/|bench/|molecule/|ee/|tests/integration/|tests/unit/|\.venv/|\.lab/|\.ci/|"
     r"collections/|changelogs/fragments/|requirements\.txt$|Makefile$|ansible\.cfg$|site\.yml$)"
     r"|(__pycache__|\.pyc$|\.ruff_cache|\.pytest_cache)"
 )

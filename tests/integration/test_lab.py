@@ -36,12 +36,13 @@ def test_make_lab_prints_the_summary(lab):
     assert f"registry   https://{REGISTRY}" in lab.stdout
 
 
-def test_a_second_site_run_changes_nothing(lab):
-    process = run(["ansible-playbook", "-i", "inventory/lab", "site.yml"])
+def test_a_second_site_run_changes_nothing_on_this_machine(lab):
+    """This machine's plays (image_factory). The lab hosts' second run is made from the execution environment
+    (test_ee.py): the same site.yml, the same collection, reaching them over ssh as AWX would."""
+    process = run(["ansible-playbook", "-i", "inventory/lab", "site.yml", "--limit", "lab_engine"])
     assert process.returncode == 0, process.stdout[-5000:]
     counters = recap(process.stdout)
-    # The lab hosts (docker_host) and this machine (image_factory).
-    assert sorted(counters) == ["localhost", *NODES]
+    assert sorted(counters) == ["localhost"]
     assert all(host["changed"] == 0 and host["failed"] == 0 for host in counters.values()), counters
 
 
