@@ -9,7 +9,8 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 LAB_INVENTORY := inventory/lab
 
-.PHONY: help venv engine images registry ee lab lab-down test unit lint sanity molecule molecule-scenarios bench
+.PHONY: help venv engine images registry ee lab lab-down test unit lint sanity molecule molecule-scenarios
+.PHONY: integration-registry integration-lab bench
 
 help:
 	@echo "make lab       bring up the embedded lab and run site.yml on it (the main job)"
@@ -78,13 +79,21 @@ unit: venv
 
 # Each phase says when it starts, and pytest lists its slowest tests: make test's time is watched (limit 60 min).
 # Sanity is CPU work and the lab's images mostly wait on the mirror, so the two run side by side (output kept
-# per target); the execution environment builds after the registry, also beside sanity. Molecule then needs both
-# the registry and a free CPU.
+# per target); the execution environment builds after the registry, also beside sanity. The integration tests
+# that need at most the registry (the runtime, the Harbor modules, the collection; `-m "not lab"`) run beside
+# Molecule, which needs the registry too; the tests on the lab hosts (`-m lab`) come last, on their own.
 test: lint unit
 	@$(MAKE) --no-print-directory --output-sync=target -j2 sanity ee
-	@$(MAKE) --no-print-directory molecule-scenarios
-	@echo "== integration tests from $$(date +%T)"
-	pytest --durations=25 tests/integration
+	@$(MAKE) --no-print-directory --output-sync=target -j2 molecule-scenarios integration-registry
+	@$(MAKE) --no-print-directory integration-lab
+
+integration-registry: venv
+	@echo "== integration tests without the lab hosts from $$(date +%T)"
+	pytest --durations=15 -m "not lab" tests/integration
+
+integration-lab: venv
+	@echo "== integration tests on the lab hosts from $$(date +%T)"
+	pytest --durations=25 -m lab tests/integration
 
 bench: lab
 	command -v podman >/dev/null && command -v crun >/dev/null || apt-get install -y -qq podman crun >/dev/null

@@ -93,6 +93,33 @@ def runtime_residue(name, run_dir):
     return found
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "lab: needs the lab hosts (set on every test that uses the lab fixture); make test runs these last"
+    )
+
+
+def pytest_collection_modifyitems(items):
+    """`-m lab` / `-m "not lab"` split the integration tests into those that need the lab hosts and those that
+    need at most the lab's images and registry, which make test runs beside Molecule."""
+    for item in items:
+        if "lab" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.lab)
+
+
+@pytest.fixture(scope="session")
+def lab_registry():
+    """The lab's engine, images and registry harbor.lab on this machine (`make registry`), without the lab hosts:
+    what the runtime's tests pull and run. Taken as it is when the registry runs and the images are there (make
+    test made them just before); left up at the end (`make lab-down` removes it, as the lab fixture does)."""
+    running = run(["docker", "inspect", "--format", "{{.State.Running}}", "mooring-lab-registry"])
+    images = run(["docker", "image", "inspect", "mooring/debian-python:bookworm", "mooring/lab-registry:bookworm"])
+    if running.stdout.strip() == "true" and images.returncode == 0:
+        return
+    process = run(["make", "registry"])
+    assert process.returncode == 0, process.stdout[-5000:] + process.stderr[-3000:]
+
+
 @pytest.fixture(scope="session")
 def lab():
     """`make lab` once for the session; `make lab-down` at its end, checking that nothing is left.
@@ -127,7 +154,7 @@ def lab():
 
 
 @pytest.fixture(scope="session")
-def debian_image(lab, tmp_path_factory):
+def debian_image(lab_registry, tmp_path_factory):
     """The lab's Debian image (with Python), from `docker save`, in a runtime store of its own: (Store, record)."""
     sys.path.insert(0, str(REPO_DIR / "collections"))
     from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.layers import (  # noqa: PLC0415
@@ -153,7 +180,7 @@ RUNTIME_GATEWAY = "10.90.0.1"
 
 
 @pytest.fixture(scope="module")
-def runtime(lab, tmp_path_factory):
+def runtime(lab_registry, tmp_path_factory):
     """A runtime store and state directory of the test module's own, with the lab's Debian image as `debian`
     (imported through ns_image), on a bridge of its own; the bridge goes at the end."""
     sys.path.insert(0, str(REPO_DIR / "collections"))

@@ -20,7 +20,7 @@ BRIDGE, SUBNET, GATEWAY = "mooringt2", "10.92.0.0/24", "10.92.0.1"
 
 
 @pytest.fixture(scope="module")
-def ctr(lab, tmp_path_factory):
+def ctr(lab_registry, tmp_path_factory):
     """mooring-ctr with a store, state directory and bridge of the test's own, and the probe image pulled."""
     root = tmp_path_factory.mktemp("ctr")
     base = [

@@ -307,7 +307,8 @@ NGINX_ROLE = """
 """
 
 
-def test_a_role_runs_nginx_configures_it_through_the_connection_and_removes_it_without_residue(runtime, tmp_path):
+def test_a_role_runs_nginx_configures_it_through_the_connection_and_removes_it_without_residue(lab, runtime, tmp_path):
+    """Needs the lab: the nginx image is image_factory's, pushed to harbor.lab by site.yml."""
     name = "web" + uuid.uuid4().hex[:6]
     credentials = {
         "username": "mooring",

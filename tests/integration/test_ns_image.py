@@ -191,7 +191,7 @@ def registry_args(root):
     }
 
 
-def test_a_pull_from_harbor_lab_verifies_and_unpacks_then_changes_nothing(lab, tmp_path):
+def test_a_pull_from_harbor_lab_verifies_and_unpacks_then_changes_nothing(lab_registry, tmp_path):
     args = registry_args(tmp_path / "store")
     checked = run_module("mooring.ops.ns_image", {**args, "name": PROBE}, "--check")
     assert checked["changed"] is True, checked["_output"]
@@ -231,7 +231,7 @@ def test_a_pull_from_harbor_lab_verifies_and_unpacks_then_changes_nothing(lab, t
     assert os.listdir(tmp_path / "store" / "blobs" / "sha256") == []
 
 
-def test_a_corrupted_blob_in_the_registry_is_rejected(lab, tmp_path):
+def test_a_corrupted_blob_in_the_registry_is_rejected(lab_registry, tmp_path):
     """Corrupt a layer's bytes in the registry's own storage (same size): the registry serves them, the
     module's sha256 check must refuse them. The image has a layer of its own, so no other image is harmed."""
     args = registry_args(tmp_path / "store")
@@ -336,7 +336,7 @@ def _put_multi_platform(args, target, media_type):
     "media_type",
     ["application/vnd.docker.distribution.manifest.list.v2+json", "application/vnd.oci.image.index.v1+json"],
 )
-def test_a_manifest_list_or_an_image_index_yields_its_linux_amd64_image(lab, tmp_path, media_type):
+def test_a_manifest_list_or_an_image_index_yields_its_linux_amd64_image(lab_registry, tmp_path, media_type):
     args = registry_args(tmp_path / "store")
     repository = f"library/multi-{uuid.uuid4().hex[:8]}"
     try:
@@ -358,7 +358,7 @@ def test_a_manifest_list_or_an_image_index_yields_its_linux_amd64_image(lab, tmp
         run(["docker", "exec", REGISTRY, "rm", "-rf", f"{registry_dir}/repositories/{repository}"])
 
 
-def test_an_insecure_registry_is_pulled_from_over_plain_http_only_when_asked(lab, tmp_path):
+def test_an_insecure_registry_is_pulled_from_over_plain_http_only_when_asked(lab_registry, tmp_path):
     """The course notes' registry without TLS: validate_certs=false reaches it as docker's insecure-registries
     would (https first, then http); the default refuses and says what to set. The engine pushes to it on
     127.0.0.1, which docker treats as insecure without any daemon.json change."""
