@@ -77,3 +77,15 @@ def host_mirrors(patterns=SOURCES_PATHS):
         except (OSError, UnicodeDecodeError):
             continue
     return mirrors(files), [path for path, _text in files]
+
+
+def settle(found, archive_mirror="", security_mirror=""):
+    """(archive, security): the mirrors to fetch from, the given ones first, else the host's.
+
+    The host's security mirror is taken only when its archive mirror is too: a given archive mirror is another
+    mirror, whose -security tree sits beside it (as on deb.debian.org), so the security mirror falls back to
+    the archive with -security appended. No archive mirror anywhere: ("", security_mirror)."""
+    archive = archive_mirror or next(iter(found["archive"]), "")
+    host_security = "" if archive_mirror else next(iter(found["security"]), "")
+    security = security_mirror or host_security or (archive + "-security" if archive else "")
+    return archive, security

@@ -5,7 +5,7 @@ import sys
 from conftest import REPO_DIR
 
 sys.path.insert(0, str(REPO_DIR / "collections"))
-from ansible_collections.mooring.ops.plugins.module_utils.apt_sources import entries, host_mirrors, mirrors
+from ansible_collections.mooring.ops.plugins.module_utils.apt_sources import entries, host_mirrors, mirrors, settle
 
 ONE_LINE = """\
 # the company mirror
@@ -89,3 +89,34 @@ def test_files_are_read_in_apts_order(tmp_path):
     found, sources = host_mirrors([str(tmp_path / "*.list"), str(tmp_path / "*.sources")])
     assert found["archive"] == ["http://a.example/debian", "http://b.example/debian", "http://z.example/debian"]
     assert sources == [str(tmp_path / name) for name in ("a.list", "b.list", "z.sources")]
+
+
+HOST = {"archive": ["http://host.example/debian"], "security": ["http://host.example/debian-security-mirror"]}
+
+
+def test_the_hosts_pair_is_used_when_nothing_is_given():
+    assert settle(HOST) == ("http://host.example/debian", "http://host.example/debian-security-mirror")
+
+
+def test_a_given_archive_brings_its_own_security_tree_not_the_hosts():
+    assert settle(HOST, "http://other.example/debian") == (
+        "http://other.example/debian",
+        "http://other.example/debian-security",
+    )
+
+
+def test_a_given_security_mirror_wins_either_way():
+    assert settle(HOST, "", "http://sec.example/ds") == ("http://host.example/debian", "http://sec.example/ds")
+    assert settle(HOST, "http://o.example/d", "http://sec.example/ds") == (
+        "http://o.example/d",
+        "http://sec.example/ds",
+    )
+
+
+def test_a_host_without_apt_and_no_override_has_no_mirror():
+    empty = {"archive": [], "security": []}
+    assert settle(empty) == ("", "")
+    assert settle({"archive": [], "security": ["http://h.example/debian-security"]}) == (
+        "",
+        "http://h.example/debian-security",
+    )
