@@ -106,14 +106,28 @@ def redis_failover(rounds):
     def node(address, port):
         return redis.Redis(host=address, port=int(port), password=secret, decode_responses=True, socket_timeout=5)
 
+    def serving_pairs():
+        """[(master entry, its live replicas)] once every serving master has one, as the cluster sees it. A
+        round's old master rejoins as a replica only when the cluster's gossip says so, which can lag behind the
+        node's own INFO: picking the next victim before that finds a master without a replica."""
+        deadline = time.monotonic() + 60
+        while True:
+            view = [
+                line.split() for line in node(ADDRESSES["node1"], 8001).execute_command("CLUSTER", "NODES").splitlines()
+            ]
+            live = [parts for parts in view if "fail" not in parts[2]]
+            masters = [parts for parts in live if "master" in parts[2] and len(parts) > 8]
+            pairs = [(master, [parts for parts in live if parts[3] == master[0]]) for master in masters]
+            if masters and all(replicas for _master, replicas in pairs):
+                return pairs
+            if time.monotonic() > deadline:
+                sys.exit(f"not every master had a live replica within 60 s: {view}")
+            time.sleep(0.5)
+
     timings = []
     for _round in range(rounds):
-        view = [
-            line.split() for line in node(ADDRESSES["node1"], 8001).execute_command("CLUSTER", "NODES").splitlines()
-        ]
-        masters = [parts for parts in view if "master" in parts[2] and len(parts) > 8]
-        victim = masters[_round % len(masters)]
-        replica = next(parts for parts in view if parts[3] == victim[0])
+        pairs = serving_pairs()
+        victim, (replica, *_others) = pairs[_round % len(pairs)]
         victim_address, victim_port = victim[1].split("@")[0].split(":")
         host = next(name for name, address in ADDRESSES.items() if address == victim_address)
         watcher = node(*replica[1].split("@")[0].split(":"))
