@@ -2,8 +2,11 @@
 Tomcat on node2 and node3, images from harbor.lab; the page and the proxy are asked from this machine over the
 lab network, the way a client would."""
 
+import itertools
 import json
 import tarfile
+import threading
+import time
 import uuid
 import zipfile
 
@@ -101,6 +104,73 @@ def test_a_changed_server_xml_restarts_tomcat_and_a_second_run_changes_nothing(l
     finally:
         restored = playbook("tomcat", "--limit", "node3")
         assert restored.returncode == 0, restored.stdout[-3000:]
+
+
+class LoadLoop(threading.Thread):
+    """A client of both nginx hosts: one GET of the proxied Tomcat page after another, in turn, until stopped or
+    at most `limit` requests. Records who served each request, and every failure (status or exception)."""
+
+    def __init__(self, limit=4000, pause=0.02):
+        super().__init__(daemon=True)
+        self.limit, self.pause = limit, pause
+        self.stopped = threading.Event()
+        self.served_by, self.failed = [], []
+
+    def run(self):
+        with requests.Session() as session:
+            for sent in range(self.limit):
+                if self.stopped.is_set():
+                    break
+                node = NGINX_HOSTS[sent % len(NGINX_HOSTS)]
+                try:
+                    answer = session.get(f"http://{NODES[node]}/app/", timeout=10)
+                    if answer.status_code == 200:
+                        self.served_by.append(answer.text.split()[3])
+                    else:
+                        self.failed.append(f"{node}: HTTP {answer.status_code}")
+                except requests.RequestException as error:
+                    self.failed.append(f"{node}: {error}")
+                time.sleep(self.pause)
+
+    def stop(self):
+        self.stopped.set()
+        self.join(timeout=30)
+        return len(self.served_by) + len(self.failed)
+
+
+def roll_under_load(*args):
+    load = LoadLoop()
+    load.start()
+    time.sleep(1)
+    rolled = playbook("tomcat", *args)
+    sent = load.stop()
+    print(f"tomcat roll: {sent} requests through nginx, {len(load.failed)} failed")
+    assert rolled.returncode == 0, failures(rolled)
+    assert sent < load.limit, "the load loop ended before the roll did"
+    return load
+
+
+def alone_serving(served_by, at_least=20):
+    """The Tomcats that served `at_least` requests in a row (the other one out meanwhile), in order."""
+    return [node for node, group in itertools.groupby(served_by) if len(list(group)) >= at_least]
+
+
+def test_a_changed_tomcat_rolls_one_host_at_a_time_and_no_request_through_nginx_fails(lab):
+    """A changed setting recreates both Tomcats (as a new image does), one after the other: while the load loop
+    runs through both nginx hosts, each Tomcat alone serves for a while, and not one request fails."""
+    before = {node: started_at(node, "tomcat") for node in TOMCAT_HOSTS}
+    marker = {"tomcat_env": {"MOORING_ROLL": uuid.uuid4().hex}}
+    try:
+        load = roll_under_load("-e", json.dumps(marker))
+        assert load.failed == [], load.failed[:10]
+        assert all(started_at(node, "tomcat") != before[node] for node in TOMCAT_HOSTS)
+        # In inventory order: node2 is replaced while node3 alone serves, then the other way round.
+        assert alone_serving(load.served_by) == ["node3", "node2"], alone_serving(load.served_by, 1)[-40:]
+        again = playbook("tomcat", "-e", json.dumps(marker))
+        assert not any(changes(again).values()), again.stdout[-3000:]
+    finally:
+        load = roll_under_load()
+        assert load.failed == [], load.failed[:10]
 
 
 @pytest.mark.parametrize("name", ["tomcat", "nginx"])
