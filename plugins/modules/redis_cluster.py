@@ -17,6 +17,12 @@ description:
     receive an even share of the slots, keys migrated slot by slot, or as replicas of the masters that lack them.
   - On every run, verifies C(cluster_state:ok), the 16384 slots covered and the anti-affinity; a replica on the
     same failure domain as its master is moved to another master (C(CLUSTER REPLICATE)).
+  - On every run, also spreads the masters. A failover (a lost host, a drill) leaves a promoted replica where a
+    master already runs, and then one host's loss takes the majority of masters with it although the slots are
+    all served. When a failure domain holds more masters than its even share (masters divided by failure
+    domains, rounded up), a replica of one of them on a domain below its share takes over with a coordinated
+    C(CLUSTER FAILOVER) (no write is lost; the old master becomes its replica). Reported as a change, and shown
+    in check mode.
   - A partly formed cluster (nodes that know others but do not form one cluster with all slots) is reported and
     left alone; it is never re-created over.
 version_added: 0.1.0
@@ -209,6 +215,9 @@ class RedisCluster:
         self.by_address = {node["address"]: node for node in self.nodes}
         self.actions = []
         self.warnings = []
+        # Check mode: the shape that the planned handovers would leave, for the diff.
+        self.planned = None
+        self.planned_handovers = []
         self.connections = {}
 
     # -- talking to nodes ---------------------------------------------------------------------------------------
@@ -546,6 +555,87 @@ class RedisCluster:
                 self._call(replica, "CLUSTER", "REPLICATE", ids[target])
         return bool(moves)
 
+    def _plan_master_spread(self, described):
+        """Which replica takes over from which master so that no failure domain holds more than its even share.
+
+        described: masters as _describe gives them. Returns ([(replica address, master address)], the domains
+        still above their share): each pair is one coordinated failover; a crowded domain whose masters have no
+        replica on a domain below its share stays crowded.
+        """
+        domains = {node["failure_domain"] for node in self.nodes} | {m["failure_domain"] for m in described}
+        share = -(-len(described) // max(len(domains), 1))
+        masters_on = dict.fromkeys(domains, 0)
+        for master in described:
+            masters_on[master["failure_domain"]] += 1
+        domain_of = {item["address"]: item["failure_domain"] for m in described for item in [m, *m["replicas"]]}
+        promotions, moved = [], set()
+        while True:
+            # Every handover that would help, to the domain with the fewest masters first.
+            candidates = [
+                (masters_on[replica["failure_domain"]], replica["address"], master["address"])
+                for master in described
+                if masters_on[master["failure_domain"]] > share and master["address"] not in moved
+                for replica in master["replicas"]
+                if masters_on[replica["failure_domain"]] < share
+            ]
+            if not candidates:
+                break
+            _count, replica, master = min(candidates)
+            masters_on[domain_of[master]] -= 1
+            masters_on[domain_of[replica]] += 1
+            moved.add(master)
+            promotions.append((replica, master))
+        return promotions, sorted(domain for domain, count in masters_on.items() if count > share)
+
+    @staticmethod
+    def _handed_over(described, replica, master):
+        """described as it will be once replica has taken over from master (for check mode's diff)."""
+        after = []
+        for item in described:
+            if item["address"] != master:
+                after.append(item)
+                continue
+            new = next(entry for entry in item["replicas"] if entry["address"] == replica)
+            others = [entry for entry in item["replicas"] if entry["address"] != replica]
+            old = {"address": item["address"], "failure_domain": item["failure_domain"]}
+            after.append(
+                dict(item, address=new["address"], failure_domain=new["failure_domain"],
+                     replicas=sorted([*others, old], key=lambda entry: entry["address"]))
+            )  # fmt: skip
+        return sorted(after, key=lambda item: item["address"])
+
+    def _spread_masters(self, view):
+        """Hand masters over from crowded failure domains with CLUSTER FAILOVER, one at a time."""
+        described = self._describe(view)
+        promotions, crowded = self._plan_master_spread(described)
+        domain_of = {master["address"]: master["failure_domain"] for master in described}
+        if crowded:
+            self.warnings.append(
+                "failure domain(s) %s hold more masters than their share and none of those masters has a replica "
+                "on a domain with fewer: losing one of them takes several masters" % ", ".join(crowded)
+            )
+        for replica, master in promotions:
+            self.actions.append(
+                "%s held more masters than its share: %s (on %s) took over from %s with CLUSTER FAILOVER"
+                % (domain_of[master], replica, self._domain(replica), master)
+            )
+            if self.module.check_mode:
+                self.planned = self._handed_over(self.planned or described, replica, master)
+                self.planned_handovers.append((replica, master))
+                continue
+            self._call(replica, "CLUSTER", "FAILOVER")
+
+            def handed_over(replica=replica, master=master):
+                roles = {entry["address"]: entry for entry in _parse_nodes(self._call(replica, "CLUSTER", "NODES"))}
+                return (
+                    "master" in roles[replica]["flags"]
+                    and roles[replica]["slot_count"] > 0
+                    and "slave" in roles[master]["flags"]
+                )
+
+            self._wait("%s has taken over from %s" % (replica, master), handed_over)
+        return bool(promotions)
+
     def _slots_known(self):
         for node in self.nodes:
             info = _parse_info(self._call(node["address"], "CLUSTER", "INFO"))
@@ -606,7 +696,10 @@ class RedisCluster:
                 view = _parse_nodes(self._call(formed[0], "CLUSTER", "NODES"))
             else:
                 view = reference["view"]
-            self._fix_affinity(view)
+            if self._fix_affinity(view) and not self.module.check_mode:
+                self._wait("the moved replicas are linked", self._healthy)
+                view = _parse_nodes(self._call(formed[0], "CLUSTER", "NODES"))
+            self._spread_masters(view)
         changed = bool(self.actions)
         if self.module.check_mode:
             return self._result(changed, before, survey)
@@ -622,7 +715,12 @@ class RedisCluster:
             self.warnings.append(
                 "masters with fewer than %d replica(s): %s" % (self.replicas, ", ".join(m["address"] for m in short))
             )
-        after = self._diff_text(described) if not (self.module.check_mode and changed) else "\n".join(self.actions)
+        if not (self.module.check_mode and changed):
+            after = self._diff_text(described)
+        elif self.planned is not None and len(self.actions) == len(self.planned_handovers):
+            after = self._diff_text(self.planned)
+        else:
+            after = "\n".join(self.actions)
         return {
             "changed": changed,
             "actions": self.actions,

@@ -4,6 +4,7 @@ the image_factory image in harbor.lab. Real Redis; every check asks the nodes.""
 import json
 import time
 import uuid
+from collections import Counter
 
 import pytest
 import redis
@@ -54,7 +55,13 @@ def cluster_nodes(address="172.30.0.11", port=8001):
     return entries
 
 
-def assert_shape(masters_expected=3):
+def masters_per_host(entries):
+    return Counter(entry["host"] for entry in entries if entry["role"] == "master" and entry["slots"] > 0)
+
+
+def assert_shape(masters_expected=3, spread=True):
+    """Every slot served, each master with a replica on another host; spread: no host holds two masters (the lab
+    has as many hosts as masters)."""
     entries = cluster_nodes()
     by_id = {entry["id"]: entry for entry in entries}
     masters = [entry for entry in entries if entry["role"] == "master" and entry["slots"] > 0]
@@ -65,6 +72,8 @@ def assert_shape(masters_expected=3):
         assert replicas, f"{master['address']} has no replica: {entries}"
         hosts = [master["host"]] + [replica["host"] for replica in replicas]
         assert len(set(hosts)) == len(hosts), f"{master['address']} shares a host with its replica: {hosts}"
+    if spread:
+        assert max(masters_per_host(entries).values()) == 1, masters_per_host(entries)
     return entries, by_id
 
 
@@ -109,14 +118,21 @@ def test_the_password_is_required_and_never_on_a_command_line(lab):
     assert mode == "600"
 
 
-# A second real run is test_lab's second site.yml run, which holds this play.
-def test_check_mode_on_the_converged_lab_reports_nothing(lab):
-    checked = cluster_play("--check")
-    assert checked.returncode == 0, failures(checked)
-    assert not any(changes(checked).values()), checked.stdout[-3000:]
+def wait_until_rejoined(victim, replica, timeout=60):
+    """The old master, started again, is a connected replica of the one that took over."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view = {entry["address"]: entry for entry in cluster_nodes(*replica["address"].split(":"))}
+        old = view[victim["address"]]
+        if old["role"] == "replica" and old["master"] == replica["id"] and old["connected"] and not old["failed"]:
+            return
+        assert time.monotonic() < deadline, f"old master did not rejoin as a replica: {old}"
+        time.sleep(0.5)
 
 
-def test_a_stopped_master_fails_over_keeps_every_key_and_rejoins_as_replica(lab):
+def test_a_stopped_master_fails_over_keeps_every_key_and_rejoins_and_the_next_run_spreads_the_masters(lab):
+    """The drill leaves the promoted replica on a host that already runs a master; the next run hands one of the
+    two over (CLUSTER FAILOVER) to a replica on the host without one: check mode says so first."""
     prefix = f"drill-{uuid.uuid4().hex[:8]}"
     cluster = client()
     for index in range(1000):
@@ -157,21 +173,28 @@ def test_a_stopped_master_fails_over_keeps_every_key_and_rejoins_as_replica(lab)
     finally:
         assert lab_node(victim["host"], "docker", "start", container).returncode == 0
 
-    deadline = time.monotonic() + 60
-    while True:
-        view = {entry["address"]: entry for entry in cluster_nodes(*replica["address"].split(":"))}
-        old = view[victim["address"]]
-        if old["role"] == "replica" and old["master"] == replica["id"] and old["connected"] and not old["failed"]:
-            break
-        assert time.monotonic() < deadline, f"old master did not rejoin as a replica: {old}"
-        time.sleep(0.5)
-    assert_shape()
+    wait_until_rejoined(victim, replica)
+    crowded = masters_per_host(assert_shape(spread=False)[0])
+    assert crowded[victim["host"]] == 0 and crowded[replica["host"]] == 2, crowded
 
-    again = cluster_play()
-    assert again.returncode == 0, failures(again)
-    assert not any(changes(again).values()), again.stdout[-3000:]
+    checked = cluster_play("--check", "--diff")
+    assert checked.returncode == 0, failures(checked)
+    assert any(changes(checked).values()), checked.stdout[-3000:]
+    # The diff: a master moves to the victim's host, which has none now.
+    assert f"+master {NODES[victim['host']]}:" in checked.stdout, checked.stdout[-3000:]
+    assert masters_per_host(cluster_nodes()) == crowded
+
+    spread = cluster_play()
+    assert spread.returncode == 0, failures(spread)
+    assert any(changes(spread).values()), spread.stdout[-3000:]
+    assert_shape()
     for index in range(0, 1000, 97):
         assert client().get(f"{prefix}:{index}") == str(index)
+
+    # Also the promise of check mode on a converged lab: nothing to report.
+    again = cluster_play("--check")
+    assert again.returncode == 0, failures(again)
+    assert not any(changes(again).values()), again.stdout[-3000:]
 
 
 @pytest.mark.parametrize(

@@ -122,3 +122,50 @@ def test_a_node_left_over_without_a_safe_master_is_reported_not_placed_unsafely(
         assert domain[replica] != domain[master]
     placed = len(masters) + len(assignment)
     assert placed == 7 or len(cluster.warnings) == 7 - placed
+
+
+def masters_on(*layout):
+    """_describe's shape from (master domain, [replica domains]) pairs, addresses made up per domain."""
+    described = []
+    for index, (domain, replica_domains) in enumerate(layout):
+        described.append(
+            {
+                "address": f"{domain}:{7000 + index}",
+                "failure_domain": domain,
+                "replicas": [
+                    {"address": f"{replica}:{8000 + index * 10 + offset}", "failure_domain": replica}
+                    for offset, replica in enumerate(replica_domains)
+                ],
+            }
+        )
+    return described
+
+
+def test_after_a_failover_drill_the_replica_on_the_empty_host_takes_the_extra_master_back():
+    """node1's master failed over to its replica on node2; node2 now holds two masters, node1 none."""
+    cluster = planner({"node1": 2, "node2": 2, "node3": 2})
+    described = masters_on(("node2", ["node1"]), ("node2", ["node3"]), ("node3", ["node1"]))
+    promotions, crowded = cluster._plan_master_spread(described)
+    assert promotions == [("node1:8000", "node2:7000")]
+    assert crowded == []
+
+
+def test_spread_masters_are_left_alone():
+    cluster = planner({"node1": 2, "node2": 2, "node3": 2})
+    described = masters_on(("node1", ["node2"]), ("node2", ["node3"]), ("node3", ["node1"]))
+    assert cluster._plan_master_spread(described) == ([], [])
+
+
+def test_four_masters_on_three_domains_allow_two_per_domain_and_the_emptiest_domain_takes_over():
+    cluster = planner({"a": 3, "b": 3, "c": 2})
+    described = masters_on(("a", ["b"]), ("a", ["c"]), ("a", ["b"]), ("b", ["c"]))
+    assert cluster._plan_master_spread(described) == ([("c:8010", "a:7001")], [])
+
+
+def test_a_crowded_domain_without_a_way_out_is_named_and_nothing_is_moved():
+    """Both masters on node1 have their replicas on node2, which already holds its share; node3 has none."""
+    cluster = planner({"node1": 2, "node2": 2, "node3": 2})
+    described = masters_on(("node1", ["node2"]), ("node1", ["node2"]), ("node2", ["node3"]))
+    promotions, crowded = cluster._plan_master_spread(described)
+    assert promotions == []
+    assert crowded == ["node1"]
