@@ -129,6 +129,38 @@ def test_a_second_run_changes_nothing_and_leaves_the_replica_following(table):
     assert after["Master_Host"] == before["Master_Host"] == "172.30.0.11"
 
 
+def test_an_errant_transaction_on_the_replica_fails_the_play_at_once_naming_the_error(table):
+    """A row written on the replica by root (outside replication) collides with the primary's next insert: the SQL
+    thread stops with error 1062. The play fails on its first read of the replica, with the error and the
+    recovery steps, and leaves the replica as it was; recovering by hand as the message says works."""
+    wait_for_equal_checksums(table, [REPLICA])
+    errant = sql(REPLICA, f"SET SESSION sql_log_bin=0; INSERT INTO {table} (id, v) VALUES (424242, 'errant')")
+    assert errant.returncode == 0, errant.stderr
+    assert sql(PRIMARY, f"INSERT INTO {table} (id, v) VALUES (424242, 'primary')").returncode == 0
+    deadline = time.monotonic() + 60
+    while replica_status(REPLICA)["Slave_SQL_Running"] != "No":
+        assert time.monotonic() < deadline, "the replica's SQL thread did not stop on the duplicate"
+        time.sleep(0.5)
+    stopped = replica_status(REPLICA)
+    try:
+        failed = replication_play()
+        assert failed.returncode != 0
+        assert "replication stopped on an error - SQL thread, error 1062: " in failed.stdout, failed.stdout[-3000:]
+        assert "does not skip, reset or re-seed a replica by itself" in failed.stdout
+        assert "FAILED - RETRYING" not in failed.stdout
+        after = replica_status(REPLICA)
+        assert (after["Slave_SQL_Running"], after["Relay_Log_File"], after["Exec_Master_Log_Pos"]) == (
+            "No",
+            stopped["Relay_Log_File"],
+            stopped["Exec_Master_Log_Pos"],
+        )
+    finally:
+        repaired = sql(REPLICA, f"SET SESSION sql_log_bin=0; DELETE FROM {table} WHERE id = 424242; START REPLICA")
+        assert repaired.returncode == 0, repaired.stderr
+    wait_for_equal_checksums(table, [REPLICA])
+    assert value(REPLICA, f"SELECT v FROM {table} WHERE id = 424242") == "primary"
+
+
 def test_check_mode_on_the_converged_set_reports_no_change(lab):
     checked = replication_play("--check")
     assert checked.returncode == 0, checked.stdout[-3000:]
