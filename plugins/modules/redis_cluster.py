@@ -67,6 +67,14 @@ options:
     description: Seconds to wait for the nodes to agree (handshakes, C(cluster_state:ok), replica links).
     type: int
     default: 120
+  drain:
+    description:
+      - A failure domain whose nodes are about to be restarted (a rolling upgrade of that host). Every master on
+        it hands over to one of its replicas on another domain with a coordinated C(CLUSTER FAILOVER), the one
+        on the domain with the fewest masters first, so that the restart costs no failover window. Nothing else
+        is changed in that run (no scale-out, no spreading, which would move masters back).
+      - Fails, before any handover, when a master on the domain has no replica elsewhere.
+    type: str
 attributes:
   check_mode:
     description: Reads the nodes and reports what it would do; sends no command that changes a node.
@@ -200,6 +208,7 @@ class RedisCluster:
         self.replicas = params["replicas"]
         self.password = params["password"]
         self.timeout = params["timeout"]
+        self.drain = params.get("drain")
         self.nodes = []
         for item in params["nodes"]:
             address = "%s:%d" % (item["host"], item["port"])
@@ -217,7 +226,7 @@ class RedisCluster:
         self.warnings = []
         # Check mode: the shape that the planned handovers would leave, for the diff.
         self.planned = None
-        self.planned_handovers = []
+        self.planned_handover_count = 0
         self.connections = {}
 
     # -- talking to nodes ---------------------------------------------------------------------------------------
@@ -604,24 +613,36 @@ class RedisCluster:
             )  # fmt: skip
         return sorted(after, key=lambda item: item["address"])
 
-    def _spread_masters(self, view):
-        """Hand masters over from crowded failure domains with CLUSTER FAILOVER, one at a time."""
-        described = self._describe(view)
-        promotions, crowded = self._plan_master_spread(described)
-        domain_of = {master["address"]: master["failure_domain"] for master in described}
-        if crowded:
-            self.warnings.append(
-                "failure domain(s) %s hold more masters than their share and none of those masters has a replica "
-                "on a domain with fewer: losing one of them takes several masters" % ", ".join(crowded)
-            )
+    def _plan_drain(self, described, domain):
+        """Which replica takes over from each master on `domain`: [(replica, master)], and the masters that have
+        no replica on another domain."""
+        masters_on = {}
+        for master in described:
+            masters_on[master["failure_domain"]] = masters_on.get(master["failure_domain"], 0) + 1
+        promotions, stranded = [], []
+        for master in sorted(described, key=lambda item: item["address"]):
+            if master["failure_domain"] != domain:
+                continue
+            elsewhere = [replica for replica in master["replicas"] if replica["failure_domain"] != domain]
+            if not elsewhere:
+                stranded.append(master["address"])
+                continue
+            chosen = min(elsewhere, key=lambda item: (masters_on.get(item["failure_domain"], 0), item["address"]))
+            masters_on[chosen["failure_domain"]] = masters_on.get(chosen["failure_domain"], 0) + 1
+            promotions.append((chosen["address"], master["address"]))
+        return promotions, stranded
+
+    def _hand_over(self, described, promotions, why):
+        """Each (replica, master): a coordinated CLUSTER FAILOVER on the replica, waited for until the roles swap;
+        in check mode only planned (and shown in the diff)."""
         for replica, master in promotions:
             self.actions.append(
-                "%s held more masters than its share: %s (on %s) took over from %s with CLUSTER FAILOVER"
-                % (domain_of[master], replica, self._domain(replica), master)
+                "%s: %s (on %s) took over from %s with CLUSTER FAILOVER"
+                % (why(master), replica, self._domain(replica), master)
             )
             if self.module.check_mode:
                 self.planned = self._handed_over(self.planned or described, replica, master)
-                self.planned_handovers.append((replica, master))
+                self.planned_handover_count += 1
                 continue
             self._call(replica, "CLUSTER", "FAILOVER")
 
@@ -636,6 +657,31 @@ class RedisCluster:
             self._wait("%s has taken over from %s" % (replica, master), handed_over)
         return bool(promotions)
 
+    def _spread_masters(self, view):
+        """Hand masters over from crowded failure domains, one at a time."""
+        described = self._describe(view)
+        promotions, crowded = self._plan_master_spread(described)
+        if crowded:
+            self.warnings.append(
+                "failure domain(s) %s hold more masters than their share and none of those masters has a replica "
+                "on a domain with fewer: losing one of them takes several masters" % ", ".join(crowded)
+            )
+        return self._hand_over(
+            described, promotions, lambda master: "%s held more masters than its share" % self._domain(master)
+        )
+
+    def _drain(self, view):
+        """Hand every master on the drained failure domain to a replica elsewhere, before its nodes restart."""
+        described = self._describe(view)
+        promotions, stranded = self._plan_drain(described, self.drain)
+        if stranded:
+            raise ClusterProblem(
+                "cannot drain %s (option drain): master(s) %s have no replica on another failure domain, so a "
+                "restart of %s takes their slots away until it is back; add replicas first"
+                % (self.drain, ", ".join(stranded), self.drain)
+            )
+        return self._hand_over(described, promotions, lambda master: "%s is drained for a restart" % self.drain)
+
     def _slots_known(self):
         for node in self.nodes:
             info = _parse_info(self._call(node["address"], "CLUSTER", "INFO"))
@@ -644,11 +690,18 @@ class RedisCluster:
         return True
 
     def _healthy(self):
+        """State ok and every slot served on every node, each replica linked to its master, and every node sees the
+        same roles: right after a CLUSTER FAILOVER the other nodes learn the demoted master's new role by gossip,
+        and a shape read from a node that has not yet would miss a replica."""
+        roles_seen = set()
         for node in self.nodes:
             info = _parse_info(self._call(node["address"], "CLUSTER", "INFO"))
             if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_ok", "0")) != SLOTS:
                 return False
             view = _parse_nodes(self._call(node["address"], "CLUSTER", "NODES"))
+            roles_seen.add(tuple(sorted((entry["id"], entry["master"], "master" in entry["flags"]) for entry in view)))
+            if len(roles_seen) > 1:
+                return False
             me = next(entry for entry in view if "myself" in entry["flags"])
             if "slave" in me["flags"]:
                 replication = self._call(node["address"], "INFO", "replication")
@@ -663,6 +716,9 @@ class RedisCluster:
         survey = self._survey()
         formed = [address for address, entry in survey.items() if not self._empty(entry)]
         before = ""
+        if not formed and self.drain is not None:
+            self.warnings.append("no cluster is formed yet: nothing to drain from %s" % self.drain)
+            return self._finish("", survey)
         if not formed:
             self._create()
         else:
@@ -688,6 +744,9 @@ class RedisCluster:
             if unlisted:
                 self.warnings.append("the cluster knows nodes that are not listed in nodes: %s" % ", ".join(unlisted))
             before = self._diff_text(self._describe(reference["view"]))
+            if self.drain is not None:
+                self._drain(reference["view"])
+                return self._finish(before)
             if newcomers:
                 self._grow(reference, newcomers)
             if not self.module.check_mode:
@@ -700,12 +759,16 @@ class RedisCluster:
                 self._wait("the moved replicas are linked", self._healthy)
                 view = _parse_nodes(self._call(formed[0], "CLUSTER", "NODES"))
             self._spread_masters(view)
+        return self._finish(before, survey)
+
+    def _finish(self, before, survey=None):
         changed = bool(self.actions)
         if self.module.check_mode:
-            return self._result(changed, before, survey)
-        self._wait("cluster_state is ok on every node, all slots served, replicas linked", self._healthy)
-        survey = self._survey()
-        return self._result(changed, before, survey)
+            return self._result(changed, before, survey or self._survey())
+        self._wait(
+            "cluster_state is ok on every node, all slots served, replicas linked, one view of the roles", self._healthy
+        )
+        return self._result(changed, before, self._survey())
 
     def _result(self, changed, before, survey):
         first = survey[self.nodes[0]["address"]]
@@ -717,7 +780,7 @@ class RedisCluster:
             )
         if not (self.module.check_mode and changed):
             after = self._diff_text(described)
-        elif self.planned is not None and len(self.actions) == len(self.planned_handovers):
+        elif self.planned is not None and len(self.actions) == self.planned_handover_count:
             after = self._diff_text(self.planned)
         else:
             after = "\n".join(self.actions)
@@ -748,6 +811,7 @@ def main():
             "replicas": {"type": "int", "default": 1},
             "password": {"type": "str", "required": True, "no_log": True},
             "timeout": {"type": "int", "default": 120},
+            "drain": {"type": "str"},
         },
         supports_check_mode=True,
     )

@@ -169,3 +169,22 @@ def test_a_crowded_domain_without_a_way_out_is_named_and_nothing_is_moved():
     promotions, crowded = cluster._plan_master_spread(described)
     assert promotions == []
     assert crowded == ["node1"]
+
+
+def test_draining_a_host_hands_each_of_its_masters_to_a_replica_elsewhere_spreading_the_load():
+    """node1 runs two masters (after a drill); each goes to the replica whose host has fewer masters."""
+    cluster = planner({"node1": 2, "node2": 2, "node3": 2})
+    described = masters_on(("node1", ["node2"]), ("node1", ["node3"]), ("node2", ["node3"]))
+    assert cluster._plan_drain(described, "node1") == ([("node2:8000", "node1:7000"), ("node3:8010", "node1:7001")], [])
+
+
+def test_draining_a_host_without_masters_plans_nothing():
+    cluster = planner({"node1": 2, "node2": 2, "node3": 2})
+    described = masters_on(("node1", ["node2"]), ("node2", ["node3"]), ("node3", ["node1"]))
+    assert cluster._plan_drain(described, "node4") == ([], [])
+
+
+def test_a_master_whose_replicas_all_share_its_host_is_stranded_not_handed_over():
+    cluster = planner({"node1": 3, "node2": 2, "node3": 1})
+    described = masters_on(("node1", ["node1"]), ("node2", ["node3"]))
+    assert cluster._plan_drain(described, "node1") == ([], ["node1:7000"])
