@@ -68,6 +68,21 @@ def lab_node(node, *command, timeout=300):
     return run(["docker", "exec", f"mooring-lab-{node}", *command], timeout=timeout)
 
 
+def longest_refusal(moments, apart=1.0):
+    """The longest run of refused client operations, in seconds, from their monotonic times: refusals less than
+    `apart` seconds from each other belong to one run (0 when none was refused)."""
+    runs, start, last = [], None, None
+    for moment in moments:
+        if last is None or moment - last > apart:
+            if start is not None:
+                runs.append(last - start)
+            start = moment
+        last = moment
+    if start is not None:
+        runs.append(last - start)
+    return max(runs, default=0.0)
+
+
 def runtime_residue(name, run_dir):
     """What a runtime container (mooring.ops.ns_container, mooring-ctr) named name left on this host: its netns,
     host veth, iptables rules, address lease (under run_dir/network), cgroup, mounts and state directory."""

@@ -1,15 +1,19 @@
 """MariaDB primary/replica replication on the lab, as `make lab` deployed it with site.yml: the primary on node1,
 the replica on node2, from the image_factory image in harbor.lab. Real servers; every check asks them."""
 
+import contextlib
 import json
+import threading
 import time
 import uuid
 
+import pymysql
 import pytest
 
-from conftest import LAB_DIR, REPO_DIR, changes, run
+from conftest import LAB_DIR, REPO_DIR, changes, failures, longest_refusal, run
 
 PRIMARY, REPLICA, SPARE = "node1", "node2", "node3"
+ADDRESSES = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13"}
 LOCAL_CNF = "/etc/mysql/mooring-client/local.cnf"
 
 
@@ -227,3 +231,157 @@ def test_a_replica_added_to_a_primary_with_rows_is_seeded_and_ends_equal(table, 
     finally:
         run(["docker", "exec", f"mooring-lab-{SPARE}", "docker", "rm", "-f", "mysql"])
         run(["docker", "exec", f"mooring-lab-{SPARE}", "rm", "-rf", "/srv/mooring/mysql"])
+
+
+def backups(node=PRIMARY, directory="/srv/mooring/mysql-backups"):
+    listed = run(["docker", "exec", f"mooring-lab-{node}", "ls", "-1", directory])
+    return sorted(listed.stdout.split()) if listed.returncode == 0 else []
+
+
+def backup_play(*args):
+    return run(["ansible-playbook", "-i", "inventory/lab", *args, "playbooks/mysql_backup.yml"], timeout=600)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"mysql_backup_dir": "backups"}, 'mysql_backup_dir must be an absolute path without "..", got "backups"'),
+        ({"mysql_backup_keep": 0}, "mysql_backup_keep must be a whole number of 1 or more, got 0"),
+    ],
+)
+def test_bad_backup_settings_fail_naming_the_variable_and_write_nothing(lab, extra, message):
+    before = backups()
+    failed = backup_play("-e", json.dumps(extra))
+    assert failed.returncode != 0
+    assert message in failed.stdout, failed.stdout[-3000:]
+    assert backups() == before
+
+
+def test_backups_are_dated_private_verified_and_kept_to_the_retention(table):
+    insert_rows(table, 300)
+    for _run in range(3):
+        made = backup_play("-e", json.dumps({"mysql_backup_keep": 2}))
+        assert made.returncode == 0, failures(made)
+    kept = backups()
+    assert len(kept) == 2, kept
+    newest = f"/srv/mooring/mysql-backups/{kept[-1]}"
+    modes = run(["docker", "exec", f"mooring-lab-{PRIMARY}", "stat", "-c", "%a %n", newest,
+                 f"{newest}/{PRIMARY}-all-databases.sql.gz", f"{newest}/SHA256SUMS"])  # fmt: skip
+    assert [line.split()[0] for line in modes.stdout.splitlines()] == ["700", "600", "600"]
+    check = run(["docker", "exec", "-w", newest, f"mooring-lab-{PRIMARY}", "sha256sum", "--check", "SHA256SUMS"])
+    assert check.returncode == 0, check.stdout + check.stderr
+    dumped = run(["docker", "exec", f"mooring-lab-{PRIMARY}", "sh", "-c",
+                  f"zcat {newest}/{PRIMARY}-all-databases.sql.gz | grep -c 'row-300'"])  # fmt: skip
+    assert int(dumped.stdout.strip() or 0) >= 1
+
+
+def test_a_fresh_replica_restored_from_a_backup_follows_the_primary_and_ends_equal(table, tmp_path):
+    insert_rows(table, 400)
+    made = backup_play()
+    assert made.returncode == 0, failures(made)
+    chosen = backups()[-1]
+    insert_rows(table, 40)  # after the backup: the restored replica gets them by replication
+    extra = tmp_path / "spare-replica.yml"
+    extra.write_text(f"all:\n  children:\n    mysql_replica:\n      hosts:\n        {SPARE}:\n")
+    inventories = ["-i", "inventory/lab", "-i", str(extra)]
+    try:
+        restored = run(
+            ["ansible-playbook", *inventories, "-e", f"mysql_restore_backup={chosen}", "--limit", SPARE,
+             "playbooks/mysql_restore.yml"],
+            timeout=900,
+        )  # fmt: skip
+        assert restored.returncode == 0, failures(restored)
+        wait_for_equal_checksums(table, [REPLICA, SPARE])
+        assert value(SPARE, f"SELECT COUNT(*) FROM {table}") == "440"
+        status = replica_status(SPARE)
+        assert (status["Slave_IO_Running"], status["Slave_SQL_Running"], status["Using_Gtid"]) == (
+            "Yes",
+            "Yes",
+            "Slave_Pos",
+        )
+        again = run(["ansible-playbook", *inventories, "--limit", SPARE, "playbooks/mysql_replication.yml"])
+        assert not any(changes(again).values()), again.stdout[-3000:]
+        refused = run(
+            ["ansible-playbook", *inventories, "-e", f"mysql_restore_backup={chosen}", "--limit", SPARE,
+             "playbooks/mysql_restore.yml"]
+        )  # fmt: skip
+        assert refused.returncode != 0
+        assert "restore builds a fresh primary or replica and never overwrites one" in refused.stdout
+    finally:
+        run(["docker", "exec", f"mooring-lab-{SPARE}", "docker", "rm", "-f", "mysql"])
+        run(["docker", "exec", f"mooring-lab-{SPARE}", "rm", "-rf", "/srv/mooring/mysql"])
+
+
+class RowWriter(threading.Thread):
+    """Inserts one row after another on the primary as the app user, over the network like an application, until
+    stopped (at most `limit`); reconnects after an error. Records the rows the server acknowledged (autocommit:
+    the INSERT returned) and when a write was refused, so that the write pause can be measured."""
+
+    def __init__(self, table, limit=20000, pause=0.02):
+        super().__init__(daemon=True)
+        self.table, self.limit, self.pause = table, limit, pause
+        self.stopped = threading.Event()
+        self.acknowledged, self.refused = [], []
+
+    def run(self):
+        password = (LAB_DIR / "mysql-app-password").read_text().strip()
+        connection = None
+        for index in range(self.limit):
+            if self.stopped.is_set():
+                break
+            try:
+                if connection is None:
+                    connection = pymysql.connect(
+                        host=ADDRESSES[PRIMARY], user="app", password=password, database="app", autocommit=True,
+                        connect_timeout=3, read_timeout=10, write_timeout=10,
+                    )  # fmt: skip
+                with connection.cursor() as cursor:
+                    cursor.execute(f"INSERT INTO {self.table} (v) VALUES (%s)", (f"written-{index}",))
+                self.acknowledged.append(index)
+            except pymysql.MySQLError:
+                self.refused.append(time.monotonic())
+                with contextlib.suppress(Exception):
+                    connection.close()
+                connection = None
+                time.sleep(0.2)
+            time.sleep(self.pause)
+        with contextlib.suppress(Exception):
+            connection.close()
+
+
+def test_a_changed_setting_rolls_the_replica_then_the_primary_after_a_backup_and_no_row_is_lost(table):
+    """A my.cnf change restarts the replica first, then, after a verified backup, the primary; a writer through
+    the roll loses no acknowledged row, its write pause is reported, the checksums end equal, and a re-run
+    changes nothing."""
+    setting = {"mysql_config_extra": {"max_connections": 180}}
+    before = {node: started_at(node) for node in (PRIMARY, REPLICA)}
+    backups_before = set(backups())
+    writer = RowWriter(table)
+    writer.start()
+    try:
+        rolled = replication_play("-e", json.dumps(setting))
+    finally:
+        writer.stopped.set()
+        writer.join(timeout=60)
+    print(  # the report
+        f"mariadb roll: {len(writer.acknowledged)} rows acknowledged, {len(writer.refused)} writes refused, "
+        f"longest write pause {longest_refusal(writer.refused):.2f} s"
+    )
+    try:
+        assert rolled.returncode == 0, failures(rolled)
+        assert writer.limit > len(writer.acknowledged) + len(writer.refused), "the writer ended before the roll"
+        after = {node: started_at(node) for node in (PRIMARY, REPLICA)}
+        assert all(after[node] != before[node] for node in before)
+        assert after[REPLICA] < after[PRIMARY], after  # the replica first
+        assert set(backups()) - backups_before, "no backup was made before the primary was replaced"
+        written = set(value(PRIMARY, f"SELECT v FROM {table}").split())
+        lost = [index for index in writer.acknowledged if f"written-{index}" not in written]
+        assert lost == [], f"{len(lost)} acknowledged rows lost, first {lost[:10]}"
+        wait_for_equal_checksums(table, [REPLICA])
+        assert value(REPLICA, "SELECT @@max_connections") == "180"
+        again = replication_play("-e", json.dumps(setting))
+        assert again.returncode == 0, failures(again)
+        assert not any(changes(again).values()), again.stdout[-3000:]
+    finally:
+        restored = replication_play()
+        assert restored.returncode == 0, failures(restored)

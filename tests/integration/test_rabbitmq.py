@@ -1,7 +1,10 @@
 """The RabbitMQ cluster on the lab, as `make lab` deployed it with site.yml: one broker on each of node1-3, from
 the image_factory image in harbor.lab. Real brokers; AMQP through pika, the management API through requests."""
 
+import contextlib
+import itertools
 import json
+import threading
 import time
 import uuid
 
@@ -132,3 +135,121 @@ def test_bad_input_fails_before_any_change_and_names_the_variable(lab, extra, me
     assert message in failed.stdout, failed.stdout[-3000:]
     assert not any(changes(failed).values())
     assert json.loads(lab_node("node1", "docker", "inspect", "rabbitmq").stdout)[0]["State"]["StartedAt"] == before
+
+
+class Publisher(threading.Thread):
+    """Publishes numbered persistent messages to a quorum queue with publisher confirms until stopped (at most
+    `limit`), going round the brokers: a closed connection (a drained or stopped broker) makes it reconnect to the
+    next one. A message counts as confirmed only when basic_publish returned; the others are in doubt."""
+
+    def __init__(self, queue, limit=20000, pause=0.01):
+        super().__init__(daemon=True)
+        self.queue, self.limit, self.pause = queue, limit, pause
+        self.stopped = threading.Event()
+        self.confirmed, self.in_doubt, self.reconnects = [], [], 0
+
+    def _open(self, address):
+        opened = connection(address)
+        channel = opened.channel()
+        channel.confirm_delivery()
+        channel.queue_declare(self.queue, durable=True, arguments={"x-queue-type": "quorum"})
+        return opened, channel
+
+    def run(self):
+        addresses = itertools.cycle(NODES.values())
+        opened = channel = None
+        index = 0
+        while index < self.limit and not self.stopped.is_set():
+            if channel is None:
+                try:
+                    opened, channel = self._open(next(addresses))
+                except (pika.exceptions.AMQPError, OSError):
+                    self.reconnects += 1
+                    time.sleep(0.2)
+                    continue
+            try:
+                channel.basic_publish(
+                    "", self.queue, str(index).encode(), pika.BasicProperties(delivery_mode=2), mandatory=True
+                )
+                self.confirmed.append(index)
+            except (pika.exceptions.AMQPError, OSError):
+                self.in_doubt.append(index)
+                self.reconnects += 1
+                with contextlib.suppress(Exception):
+                    opened.close()
+                opened = channel = None
+            index += 1
+            time.sleep(self.pause)
+        with contextlib.suppress(Exception):
+            opened.close()
+
+
+def drained(queue, address=NODES["node1"]):
+    """Every message body left in the queue, consumed and acknowledged; the queue is deleted afterwards."""
+    opened = connection(address)
+    try:
+        channel = opened.channel()
+        bodies = []
+        for method, _properties, body in channel.consume(queue, inactivity_timeout=5):
+            if body is None:
+                break
+            bodies.append(int(body))
+            channel.basic_ack(method.delivery_tag)
+        channel.cancel()
+        channel.queue_delete(queue)
+        return bodies
+    finally:
+        opened.close()
+
+
+def started_at(node):
+    return json.loads(lab_node(node, "docker", "inspect", "rabbitmq").stdout)[0]["State"]["StartedAt"]
+
+
+def test_a_changed_setting_rolls_broker_by_broker_and_no_confirmed_message_is_lost(lab):
+    """A rabbitmq.conf change restarts the brokers one at a time (quorum kept, drained, revived); a publisher with
+    confirms through the roll loses no confirmed message, every feature flag is enabled afterwards, and a re-run
+    changes nothing."""
+    queue = f"quorum.roll-{uuid.uuid4().hex[:8]}"
+    setting = {"rabbitmq_config_extra": {"heartbeat": 30}}
+    before = {node: started_at(node) for node in NODES}
+    publisher = Publisher(queue)
+    publisher.start()
+    try:
+        rolled = rabbitmq_play("-e", json.dumps(setting))
+    finally:
+        publisher.stopped.set()
+        publisher.join(timeout=60)
+    print(  # the report
+        f"rabbitmq roll: {len(publisher.confirmed)} messages confirmed, {len(publisher.in_doubt)} in doubt, "
+        f"{publisher.reconnects} reconnects"
+    )
+    try:
+        assert rolled.returncode == 0, failures(rolled)
+        assert publisher.limit > len(publisher.confirmed) + len(publisher.in_doubt), "the publisher ended too soon"
+        assert all(started_at(node) != started for node, started in before.items())
+        left = set(drained(queue))
+        lost = [index for index in publisher.confirmed if index not in left]
+        assert lost == [], f"{len(lost)} confirmed messages lost, first {lost[:10]}"
+        flags = json.loads(
+            lab_node(
+                "node1",
+                "docker",
+                "exec",
+                "rabbitmq",
+                "rabbitmqctl",
+                "list_feature_flags",
+                "name",
+                "state",
+                "stability",
+                "--formatter",
+                "json",
+            ).stdout
+        )
+        assert [flag["name"] for flag in flags if flag["state"] != "enabled" and flag["stability"] == "stable"] == []
+        again = rabbitmq_play("-e", json.dumps(setting))
+        assert again.returncode == 0, failures(again)
+        assert not any(changes(again).values()), again.stdout[-3000:]
+    finally:
+        restored = rabbitmq_play()
+        assert restored.returncode == 0, failures(restored)

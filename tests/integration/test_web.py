@@ -107,8 +107,9 @@ def test_a_changed_server_xml_restarts_tomcat_and_a_second_run_changes_nothing(l
 
 
 class LoadLoop(threading.Thread):
-    """A client of both nginx hosts: one GET of the proxied Tomcat page after another, in turn, until stopped or
-    at most `limit` requests. Records who served each request, and every failure (status or exception)."""
+    """A client of both nginx hosts: one request for the proxied Tomcat page after another, GET and POST in turn
+    (nginx retries a GET on the other Tomcat by itself, never a POST), until stopped or at most `limit` requests.
+    Records who served each request, and every failure (status or exception)."""
 
     def __init__(self, limit=4000, pause=0.02):
         super().__init__(daemon=True)
@@ -123,7 +124,8 @@ class LoadLoop(threading.Thread):
                     break
                 node = NGINX_HOSTS[sent % len(NGINX_HOSTS)]
                 try:
-                    answer = session.get(f"http://{NODES[node]}/app/", timeout=10)
+                    method = session.post if sent % 4 >= 2 else session.get
+                    answer = method(f"http://{NODES[node]}/app/", timeout=10)
                     if answer.status_code == 200:
                         self.served_by.append(answer.text.split()[3])
                     else:
