@@ -91,9 +91,22 @@ integration-registry: venv
 	@echo "== integration tests without the lab hosts from $$(date +%T)"
 	pytest --durations=15 -m "not lab" tests/integration
 
+# The lab once; the tests that act on the whole lab alone; then one service's test file per worker, two side by
+# side (their plays mostly wait: health checks, drains, replicas); then the lab down, checked. A failure still
+# takes the lab down.
+LAB_KEPT = MOORING_KEEP_LAB=1 MOORING_LAB_READY=1
 integration-lab: venv
-	@echo "== integration tests on the lab hosts from $$(date +%T)"
-	pytest --durations=25 -m lab tests/integration
+	@echo "== lab for the integration tests from $$(date +%T)"
+	@$(MAKE) --no-print-directory lab
+	@trap 'status=$$?; [ $$status -eq 0 ] || MOORING_LAB_DOWN=1 pytest -q tests/integration/test_lab_down.py; \
+	       exit $$status' EXIT; \
+	set -e; \
+	echo "== integration tests on the whole lab from $$(date +%T)"; \
+	$(LAB_KEPT) pytest --durations=15 -m "lab and lab_alone" tests/integration; \
+	echo "== integration tests of one service each, two side by side, from $$(date +%T)"; \
+	$(LAB_KEPT) pytest --durations=25 -n 2 --dist loadfile -m "lab and not lab_alone" tests/integration; \
+	echo "== lab down from $$(date +%T)"; \
+	MOORING_LAB_DOWN=1 pytest -q tests/integration/test_lab_down.py
 
 bench: lab
 	command -v podman >/dev/null && command -v crun >/dev/null || apt-get install -y -qq podman crun >/dev/null

@@ -10,21 +10,32 @@ Measures, in one run and on the same machine:
           until cluster_state is ok again (then the old master is started and rejoins as a replica)
   amqp    RabbitMQ: a bounded burst through a quorum queue of the 3-node cluster: publish with publisher
           confirms (one at a time, as a careful producer does) on node1, consume with acks on node3; msg/s
-and prints warm/cold per play. Needs the lab (`make lab`); leaves the services deployed as site.yml does.
+  roll    per service, a changed setting rolled host by host by its play (the role's hooks: drained upstream,
+          masters handed over, brokers drained, replicas first) while its client runs (web GET/POST through
+          both nginx hosts, Redis writes, AMQP publishes with confirms, MariaDB inserts), against the baseline
+          side by side: the same containers restarted on every host at once (`docker restart`, what the roles
+          did before issue 14) under the same client. Seconds, operations failed of sent, longest failure window.
+and prints warm/cold per play, and rolling/all-at-once per service. Needs the lab (`make lab`); leaves the
+services deployed as site.yml does.
 """
 
 import argparse
+import json
 import os
 import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import pika
 import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from lab_clients import AmqpPublisher, RedisWriter, RowWriter, WebLoad, longest_refusal
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 PLAYS = {
@@ -195,6 +206,104 @@ def amqp_burst(count, size):
     return count / published, count / consumed
 
 
+ROLLS = {
+    "tomcat": {
+        "setting": {"tomcat_env": {"MOORING_BENCH": "roll"}},
+        "hosts": ["node2", "node3"],
+        "containers": ["tomcat"],
+    },
+    "redis_cluster": {
+        "setting": {"redis_cluster_config_extra": {"hz": 11}},
+        "hosts": ["node1", "node2", "node3"],
+        "containers": ["redis-8001", "redis-8002"],
+    },
+    "rabbitmq": {
+        "setting": {"rabbitmq_config_extra": {"heartbeat": 30}},
+        "hosts": ["node1", "node2", "node3"],
+        "containers": ["rabbitmq"],
+    },
+    "mysql_replication": {
+        "setting": {"mysql_config_extra": {"max_connections": 180}},
+        "hosts": [REPLICA, PRIMARY],
+        "containers": ["mysql"],
+    },
+}
+
+
+def roll_client(name):
+    if name == "tomcat":
+        return WebLoad(limit=100000)
+    if name == "redis_cluster":
+        return RedisWriter(f"bench-{uuid.uuid4().hex[:8]}", limit=100000)
+    if name == "rabbitmq":
+        return AmqpPublisher(f"quorum.bench-{uuid.uuid4().hex[:8]}", limit=100000)
+    table = f"app.bench_{uuid.uuid4().hex[:8]}"
+    sql(PRIMARY, f"CREATE TABLE {table} (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(64))")
+    return RowWriter(table, limit=100000)
+
+
+def healthy_everywhere(name, timeout=600):
+    deadline = time.monotonic() + timeout
+    for node in ROLLS[name]["hosts"]:
+        for container in ROLLS[name]["containers"]:
+            while True:
+                state = on_node(node, "docker", "inspect", "-f", "{{.State.Health.Status}}", container, check=False)
+                if state.stdout.strip() == "healthy":
+                    break
+                if time.monotonic() > deadline:
+                    sys.exit(f"{container} on {node} was not healthy after {timeout}s")
+                time.sleep(0.5)
+
+
+def under_client(name, action):
+    """Runs `action` while the service's client runs: (seconds, sent, failed, longest failure window)."""
+    client = roll_client(name)
+    client.start()
+    time.sleep(1)
+    started = time.monotonic()
+    action()
+    elapsed = time.monotonic() - started
+    time.sleep(1)
+    sent = client.stop()
+    if client.ran_out():
+        sys.exit(f"the {name} client reached its limit before the action ended")
+    return elapsed, sent, len(client.refused), longest_refusal(client.refused)
+
+
+def roll(name):
+    """The play with the changed setting (a host-by-host roll), then the play as before (rolled back the same
+    way, not measured)."""
+    extra = json.dumps(ROLLS[name]["setting"])
+
+    def rolled():
+        process = sh("ansible-playbook", "-i", "inventory/lab", "-e", extra, f"playbooks/{name}.yml")
+        del process
+
+    measured = under_client(name, rolled)
+    sh("ansible-playbook", "-i", "inventory/lab", f"playbooks/{name}.yml")
+    return measured
+
+
+def all_at_once(name):
+    """The baseline: every container of the service restarted at the same moment, waited for until healthy."""
+
+    def restarted():
+        threads = [
+            threading.Thread(target=on_node, args=(node, "docker", "restart", container))
+            for node in ROLLS[name]["hosts"]
+            for container in ROLLS[name]["containers"]
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        healthy_everywhere(name)
+
+    measured = under_client(name, restarted)
+    sh("ansible-playbook", "-i", "inventory/lab", f"playbooks/{name}.yml")  # a converge after, as a site would
+    return measured
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2, help="cold/warm rounds per play (the median is used)")
@@ -204,6 +313,7 @@ def main():
     parser.add_argument("--failovers", type=int, default=3, help="Redis failover rounds")
     parser.add_argument("--messages", type=int, default=5000, help="AMQP messages in the burst")
     parser.add_argument("--size", type=int, default=1024, help="AMQP message size in bytes")
+    parser.add_argument("--skip-rolls", action="store_true", help="leave out the rolling-upgrade comparison")
     options = parser.parse_args()
     os.environ.setdefault("ANSIBLE_CONFIG", str(REPO_DIR / "ansible.cfg"))
 
@@ -221,6 +331,7 @@ def main():
     rate, lag = replication_lag(options.batches, options.rows, options.pace)
     failovers = redis_failover(options.failovers)
     publish_rate, consume_rate = amqp_burst(options.messages, options.size)
+    rolls = {} if options.skip_rolls else {name: (roll(name), all_at_once(name)) for name in ROLLS}
 
     print()
     print(f"{'play':<20}{'cold s':>9}{'warm s':>9}{'warm/cold':>11}")
@@ -241,6 +352,16 @@ def main():
         f"rabbitmq: {options.messages} messages of {options.size} B through a quorum queue on 3 nodes: "
         f"publish with confirms {publish_rate:,.0f} msg/s (node1), consume with acks {consume_rate:,.0f} msg/s (node3)"
     )
+    if rolls:
+        print()
+        print(f"{'roll':<20}{'rolling s':>10}{'failed/sent':>14}{'window s':>10}   "
+              f"{'at once s':>10}{'failed/sent':>14}{'window s':>10}{'time ratio':>12}")  # fmt: skip
+        for name, (rolling, baseline) in rolls.items():
+            print(
+                f"{name:<20}{rolling[0]:>10.1f}{f'{rolling[2]}/{rolling[1]}':>14}{rolling[3]:>10.2f}   "
+                f"{baseline[0]:>10.1f}{f'{baseline[2]}/{baseline[1]}':>14}{baseline[3]:>10.2f}"
+                f"{rolling[0] / baseline[0]:>12.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -68,21 +68,6 @@ def lab_node(node, *command, timeout=300):
     return run(["docker", "exec", f"mooring-lab-{node}", *command], timeout=timeout)
 
 
-def longest_refusal(moments, apart=1.0):
-    """The longest run of refused client operations, in seconds, from their monotonic times: refusals less than
-    `apart` seconds from each other belong to one run (0 when none was refused)."""
-    runs, start, last = [], None, None
-    for moment in moments:
-        if last is None or moment - last > apart:
-            if start is not None:
-                runs.append(last - start)
-            start = moment
-        last = moment
-    if start is not None:
-        runs.append(last - start)
-    return max(runs, default=0.0)
-
-
 def runtime_residue(name, run_dir):
     """What a runtime container (mooring.ops.ns_container, mooring-ctr) named name left on this host: its netns,
     host veth, iptables rules, address lease (under run_dir/network), cgroup, mounts and state directory."""
@@ -108,18 +93,30 @@ def runtime_residue(name, run_dir):
     return found
 
 
+# Lab test files whose tests act on the whole lab (site.yml on every host, the execution environment, builds
+# with this machine's image cache, other Debian releases' hosts): make test runs them alone, before the files of
+# one service each, which run side by side (pytest-xdist, one group per file).
+LAB_ALONE = {"test_lab.py", "test_ee.py", "test_image_factory.py", "test_python_floor.py", "test_elk.py"}
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "lab: needs the lab hosts (set on every test that uses the lab fixture); make test runs these last"
     )
+    config.addinivalue_line("markers", "lab_alone: a lab test that acts on the whole lab; make test runs these alone")
 
 
 def pytest_collection_modifyitems(items):
     """`-m lab` / `-m "not lab"` split the integration tests into those that need the lab hosts and those that
-    need at most the lab's images and registry, which make test runs beside Molecule."""
+    need at most the lab's images and registry, which make test runs beside Molecule. Among the lab tests,
+    `lab_alone` marks the whole-lab files; the others run a file per worker (pytest-xdist's --dist loadfile), so
+    that one service's tests run in order on one worker while another service's run on the other. (Not loadgroup:
+    with pytest 9 its renaming of the test ids has no effect, and one file's tests went to both workers.)"""
     for item in items:
         if "lab" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.lab)
+            if item.path.name in LAB_ALONE:
+                item.add_marker(pytest.mark.lab_alone)
 
 
 @pytest.fixture(scope="session")
@@ -149,6 +146,12 @@ def lab():
     yield process
     if os.environ.get("MOORING_KEEP_LAB") == "1":
         return
+    lab_down_and_check()
+
+
+def lab_down_and_check():
+    """`make lab-down`, then nothing of the lab is left on this machine (the lab fixture's end, and make test's
+    last test, tests/integration/test_lab_down.py)."""
     down = run(["make", "lab-down"])
     assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
     leftovers = run(["docker", "ps", "-a", "--filter", "label=org.mooring.lab", "--format", "{{.Names}}"])

@@ -146,6 +146,9 @@ else:
     REDIS_IMPORT_ERROR = None
 
 SLOTS = 16384
+# Seconds a node in FAIL state may take to come back (a restarted node is reached again within a few) before the
+# module stops and names it.
+FAIL_GRACE = 30
 MIGRATE_BATCH = 100
 
 
@@ -283,6 +286,39 @@ class RedisCluster:
             if time.monotonic() > deadline:
                 raise ClusterProblem("gave up after %d s (option timeout) waiting until %s" % (self.timeout, what))
             time.sleep(0.5)
+
+    def _failed_nodes(self):
+        """The nodes that some node of ours flags as failed (FAIL: agreed by a majority of masters, not the
+        transient fail?), each with who says so."""
+        failed = {}
+        for node in self.nodes:
+            for entry in _parse_nodes(self._call(node["address"], "CLUSTER", "NODES")):
+                if "fail" in entry["flags"]:
+                    name = "%s (id %s)" % (entry["address"] or "no address", entry["id"])
+                    failed.setdefault(name, set()).add(node["address"])
+        return failed
+
+    def _refuse_failed_nodes(self):
+        """A node in FAIL state that does not come back within FAIL_GRACE seconds stops the module: a lost node
+        (its host or data gone) needs a person; mooring never forgets or resets a node by itself. A node of ours
+        that was only restarted clears its flag as soon as the others reach it again."""
+        deadline = time.monotonic() + min(self.timeout, FAIL_GRACE)
+        while True:
+            failed = self._failed_nodes()
+            if not failed:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterProblem(
+                    "node(s) in fail state: %s. mooring does not forget or reset a node by itself. Recovery, by "
+                    "hand: if the node's container or host is down, bring it back and run the play again (a master "
+                    "that lost its slots to its replica rejoins as a replica); if the node is gone for good (its "
+                    "data lost, or it was removed), run CLUSTER FORGET <id> on every remaining node within 60 s, "
+                    "then run the play again, which adds a new node in its place as a replica"
+                    % "; ".join(
+                        "%s, flagged by %s" % (name, ", ".join(sorted(seen))) for name, seen in sorted(failed.items())
+                    )
+                )
+            time.sleep(1)
 
     # -- placement ----------------------------------------------------------------------------------------------
     def _pick_spread(self, candidates, count, avoid_domains=()):
@@ -722,6 +758,7 @@ class RedisCluster:
         if not formed:
             self._create()
         else:
+            self._refuse_failed_nodes()
             reference = survey[formed[0]]
             member_ids = {entry["id"] for entry in reference["view"]}
             strangers = [address for address in formed if survey[address]["id"] not in member_ids]

@@ -16,6 +16,7 @@ from conftest import REPO_DIR
 EXAMPLE = REPO_DIR / "inventory" / "example"
 SERVICE_GROUPS = (
     "nginx",
+    "nginx_balancer",
     "tomcat",
     "mysql_primary",
     "mysql_replica",
@@ -31,6 +32,7 @@ SITE_PLAYS = [
     ("images.yml", "image_factory", ["image_factory"]),
     ("tomcat.yml", "tomcat", ["tomcat"]),
     ("nginx.yml", "nginx", ["nginx"]),
+    ("nginx_balancer.yml", "nginx_balancer", ["nginx_balancer"]),
     ("mysql_replication.yml", "mysql_primary:mysql_replica", ["mysql"]),
     ("redis_cluster.yml", "redis_cluster", ["redis_cluster"]),
     ("rabbitmq.yml", "rabbitmq", ["rabbitmq"]),

@@ -83,6 +83,7 @@ auth:
     rootcertbundle: /etc/docker/registry/token-root.crt
 """.encode(),
         )
+        run(["docker", "rm", "-f", "-v", CONTAINER])  # one that an interrupted run left
         started = run(
             ["docker", "run", "-d", "--name", CONTAINER, "--label", "org.mooring.lab=true",
              "--network", "mooring-lab", "--ip", ADDRESS, "-v", f"{config}:/etc/docker/registry:ro",

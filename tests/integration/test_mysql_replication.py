@@ -1,16 +1,14 @@
 """MariaDB primary/replica replication on the lab, as `make lab` deployed it with site.yml: the primary on node1,
 the replica on node2, from the image_factory image in harbor.lab. Real servers; every check asks them."""
 
-import contextlib
 import json
-import threading
 import time
 import uuid
 
-import pymysql
 import pytest
+from lab_clients import RowWriter, longest_refusal
 
-from conftest import LAB_DIR, REPO_DIR, changes, failures, longest_refusal, run
+from conftest import LAB_DIR, REPO_DIR, changes, failures, run
 
 PRIMARY, REPLICA, SPARE = "node1", "node2", "node3"
 ADDRESSES = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13"}
@@ -312,43 +310,6 @@ def test_a_fresh_replica_restored_from_a_backup_follows_the_primary_and_ends_equ
         run(["docker", "exec", f"mooring-lab-{SPARE}", "rm", "-rf", "/srv/mooring/mysql"])
 
 
-class RowWriter(threading.Thread):
-    """Inserts one row after another on the primary as the app user, over the network like an application, until
-    stopped (at most `limit`); reconnects after an error. Records the rows the server acknowledged (autocommit:
-    the INSERT returned) and when a write was refused, so that the write pause can be measured."""
-
-    def __init__(self, table, limit=20000, pause=0.02):
-        super().__init__(daemon=True)
-        self.table, self.limit, self.pause = table, limit, pause
-        self.stopped = threading.Event()
-        self.acknowledged, self.refused = [], []
-
-    def run(self):
-        password = (LAB_DIR / "mysql-app-password").read_text().strip()
-        connection = None
-        for index in range(self.limit):
-            if self.stopped.is_set():
-                break
-            try:
-                if connection is None:
-                    connection = pymysql.connect(
-                        host=ADDRESSES[PRIMARY], user="app", password=password, database="app", autocommit=True,
-                        connect_timeout=3, read_timeout=10, write_timeout=10,
-                    )  # fmt: skip
-                with connection.cursor() as cursor:
-                    cursor.execute(f"INSERT INTO {self.table} (v) VALUES (%s)", (f"written-{index}",))
-                self.acknowledged.append(index)
-            except pymysql.MySQLError:
-                self.refused.append(time.monotonic())
-                with contextlib.suppress(Exception):
-                    connection.close()
-                connection = None
-                time.sleep(0.2)
-            time.sleep(self.pause)
-        with contextlib.suppress(Exception):
-            connection.close()
-
-
 def test_a_changed_setting_rolls_the_replica_then_the_primary_after_a_backup_and_no_row_is_lost(table):
     """A my.cnf change restarts the replica first, then, after a verified backup, the primary; a writer through
     the roll loses no acknowledged row, its write pause is reported, the checksums end equal, and a re-run
@@ -357,12 +318,7 @@ def test_a_changed_setting_rolls_the_replica_then_the_primary_after_a_backup_and
     before = {node: started_at(node) for node in (PRIMARY, REPLICA)}
     backups_before = set(backups())
     writer = RowWriter(table)
-    writer.start()
-    try:
-        rolled = replication_play("-e", json.dumps(setting))
-    finally:
-        writer.stopped.set()
-        writer.join(timeout=60)
+    rolled = writer.during(lambda: replication_play("-e", json.dumps(setting)))
     print(  # the report
         f"mariadb roll: {len(writer.acknowledged)} rows acknowledged, {len(writer.refused)} writes refused, "
         f"longest write pause {longest_refusal(writer.refused):.2f} s"
@@ -385,3 +341,52 @@ def test_a_changed_setting_rolls_the_replica_then_the_primary_after_a_backup_and
     finally:
         restored = replication_play()
         assert restored.returncode == 0, failures(restored)
+
+
+def test_mariadb_rolls_to_debian_13s_11_8_after_a_backup_refuses_to_go_back_and_is_restored(table):
+    """The upgrade drill: mysql_image names the 11.8 line (Debian 13, built on demand). The replica rolls first,
+    then, after a verified backup, the primary; each server's system tables are upgraded (mariadb-upgrade); a
+    writer through the roll loses no acknowledged row and the checksums end equal; a re-run changes nothing.
+    Going back to 10.11 is refused before any server changes, naming the variable and the restore. The way back
+    it names: both servers rebuilt on 10.11, the primary restored from the backup taken before the upgrade, the
+    replica seeded from it by the usual play."""
+    insert_rows(table, 200)
+    newer = {"mysql_image": "harbor.lab/mooring/mariadb:11.8"}
+    backups_before = set(backups())
+    writer = RowWriter(table)
+    rolled = writer.during(lambda: replication_play("-e", json.dumps(newer)))
+    print(  # the report
+        f"mariadb upgrade: {len(writer.acknowledged)} rows acknowledged, {len(writer.refused)} writes refused, "
+        f"longest write pause {longest_refusal(writer.refused):.2f} s"
+    )
+    taken = sorted(set(backups()) - backups_before)
+    try:
+        assert rolled.returncode == 0, failures(rolled)
+        assert taken, "no backup was made before the primary was replaced"
+        for node in (PRIMARY, REPLICA):
+            assert value(node, "SELECT VERSION()").startswith("11.8."), node
+        written = set(value(PRIMARY, f"SELECT v FROM {table}").split())
+        lost = [index for index in writer.acknowledged if f"written-{index}" not in written]
+        assert lost == [], f"{len(lost)} acknowledged rows lost, first {lost[:10]}"
+        wait_for_equal_checksums(table, [REPLICA])
+        again = replication_play("-e", json.dumps(newer))
+        assert not any(changes(again).values()), again.stdout[-3000:]
+        before = {node: started_at(node) for node in (PRIMARY, REPLICA)}
+        back = replication_play()
+        assert back.returncode != 0
+        said = " ".join(back.stdout.split())  # the YAML callback folds long messages
+        assert "mysql_image: 11.8." in said and "cannot go back to 10.11." in said, failures(back)
+        assert "playbooks/mysql_restore.yml" in said
+        assert {node: started_at(node) for node in (PRIMARY, REPLICA)} == before
+    finally:
+        for node in (PRIMARY, REPLICA):
+            run(["docker", "exec", f"mooring-lab-{node}", "docker", "rm", "-f", "mysql"])
+            run(["docker", "exec", f"mooring-lab-{node}", "rm", "-rf", "/srv/mooring/mysql/data"])
+        restored = run(["ansible-playbook", "-i", "inventory/lab", "-e", f"mysql_restore_backup={taken[0]}",
+                        "--limit", PRIMARY, "playbooks/mysql_restore.yml"], timeout=900)  # fmt: skip
+        assert restored.returncode == 0, failures(restored)
+        seeded = replication_play()
+        assert seeded.returncode == 0, failures(seeded)
+    assert value(PRIMARY, "SELECT VERSION()").startswith("10.11.")
+    assert int(value(PRIMARY, f"SELECT COUNT(*) FROM {table}")) >= 200
+    wait_for_equal_checksums(table, [REPLICA])

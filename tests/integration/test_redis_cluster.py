@@ -1,17 +1,19 @@
 """The Redis Cluster on the lab, as `make lab` deployed it with site.yml: six nodes (8001 and 8002 on node1-3) from
 the image_factory image in harbor.lab. Real Redis; every check asks the nodes."""
 
+import contextlib
 import json
-import threading
+import re
 import time
 import uuid
 from collections import Counter
 
 import pytest
 import redis
+from lab_clients import RedisWriter, longest_refusal
 from redis.cluster import ClusterNode, RedisCluster
 
-from conftest import LAB_DIR, changes, failures, lab_node, longest_refusal, run, run_module
+from conftest import LAB_DIR, changes, failures, lab_node, run, run_module
 
 NODES = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13"}
 HOST_OF = {address: node for node, address in NODES.items()}
@@ -198,29 +200,6 @@ def test_a_stopped_master_fails_over_keeps_every_key_and_rejoins_and_the_next_ru
     assert not any(changes(again).values()), again.stdout[-3000:]
 
 
-class Writer(threading.Thread):
-    """Writes key after key through the cluster client until stopped (at most `limit`); records every write the
-    cluster acknowledged and, for the refused ones, when, so that the window without writes can be measured."""
-
-    def __init__(self, prefix, limit=20000, pause=0.01):
-        super().__init__(daemon=True)
-        self.prefix, self.limit, self.pause = prefix, limit, pause
-        self.stopped = threading.Event()
-        self.acknowledged, self.refused = [], []
-
-    def run(self):
-        cluster = client()
-        for index in range(self.limit):
-            if self.stopped.is_set():
-                break
-            try:
-                cluster.set(f"{self.prefix}:{index}", index)
-                self.acknowledged.append(index)
-            except redis.RedisError:
-                self.refused.append(time.monotonic())
-            time.sleep(self.pause)
-
-
 def test_a_changed_setting_rolls_host_by_host_masters_handed_over_first_and_no_write_is_lost(lab):
     """A redis.conf change restarts every node, one host at a time; each host's masters hand over first (CLUSTER
     FAILOVER), so a writer through the cluster client loses no acknowledged key; the refused-write window is
@@ -228,13 +207,8 @@ def test_a_changed_setting_rolls_host_by_host_masters_handed_over_first_and_no_w
     prefix = f"roll-{uuid.uuid4().hex[:8]}"
     setting = {"redis_cluster_config_extra": {"hz": 11}}
     before = {(node, port): started_at(node, f"redis-{port}") for node in NODES for port in PORTS}
-    writer = Writer(prefix)
-    writer.start()
-    try:
-        rolled = cluster_play("-e", json.dumps(setting))
-    finally:
-        writer.stopped.set()
-        writer.join(timeout=30)
+    writer = RedisWriter(prefix)
+    rolled = writer.during(lambda: cluster_play("-e", json.dumps(setting)))
     print(  # the report
         f"redis roll: {len(writer.acknowledged)} writes acknowledged, {len(writer.refused)} refused, "
         f"longest refusal {longest_refusal(writer.refused):.2f} s"
@@ -364,3 +338,134 @@ def test_the_module_checks_its_own_input_before_connecting(args, message):
     result = run_module("mooring.ops.redis_cluster", {"password": "x" * 16, **args})
     assert result.get("failed") is True, result["_output"]
     assert result["msg"].startswith(message), result["msg"]
+
+
+def newest_backup(node, directory):
+    listed = lab_node(node, "ls", "-1", directory).stdout.split()
+    return f"{directory}/{sorted(listed)[-1]}" if listed else None
+
+
+def test_a_backup_snapshots_every_master_privately_checked_and_with_every_key(lab):
+    """playbooks/redis_backup.yml: each host keeps its masters' snapshots (three in all), 0700/0600, with sums
+    that check; together they hold every key written before; a retention below 1 fails naming the variable."""
+    prefix = f"backup-{uuid.uuid4().hex[:8]}"
+    cluster = client()
+    for index in range(300):
+        cluster.set(f"{prefix}:{index}", index)
+    keys = cluster.dbsize()  # summed over the masters
+    made = run(["ansible-playbook", "-i", "inventory/lab", "playbooks/redis_backup.yml"], timeout=600)
+    assert made.returncode == 0, failures(made)
+    snapshots, read = [], 0
+    for node in NODES:
+        newest = newest_backup(node, "/srv/mooring/redis-backups")
+        assert newest, f"no backup on {node}"
+        files = lab_node(node, "ls", "-1", newest).stdout.split()
+        mine = [name for name in files if name.endswith(".rdb")]
+        snapshots += mine
+        assert "SHA256SUMS" in files and f"cluster-nodes-{node}.txt" in files
+        modes = lab_node(node, "sh", "-c", f"stat -c '%a' {newest} {newest}/*").stdout.split()
+        assert modes[0] == "700" and set(modes[1:]) == {"600"}, modes
+        assert lab_node(node, "sh", "-c", f"cd {newest} && sha256sum --check --strict SHA256SUMS").returncode == 0
+        for name in mine:
+            checked = lab_node(node, "docker", "run", "--rm", "--network", "none", "--user", "root", "--entrypoint",
+                               "redis-check-rdb", "-v", f"{newest}/{name}:/s.rdb:ro", "harbor.lab/mooring/redis:7.0",
+                               "/s.rdb")  # fmt: skip
+            read += int(re.search(r"(\d+) keys read", checked.stdout + checked.stderr).group(1))
+    assert len(snapshots) == 3, snapshots
+    assert read >= keys >= 300
+    refused = run(["ansible-playbook", "-i", "inventory/lab", "-e", "redis_cluster_backup_keep=0",
+                   "playbooks/redis_backup.yml"])  # fmt: skip
+    assert refused.returncode != 0
+    assert "redis_cluster_backup_keep must be a whole number of 1 or more, got" in refused.stdout
+
+
+def test_a_node_in_fail_state_stops_the_play_naming_it_and_the_recovery(lab):
+    """A seventh node (a throwaway container on node3, not in the inventory) meets the cluster and is killed, so
+    the others flag it failed. The play stops after its grace, naming the node and the recovery by hand, before
+    any node changes; the documented recovery (CLUSTER FORGET on every node) lets the next run pass."""
+    stray, stray_port = "redis-stray", 8009
+    nodes = [redis.Redis(host=address, port=port, password=password(), decode_responses=True, socket_timeout=5)
+             for address in NODES.values() for port in PORTS]  # fmt: skip
+    before = {(node, port): started_at(node, f"redis-{port}") for node in NODES for port in PORTS}
+    started = lab_node(
+        "node3", "docker", "run", "-d", "--name", stray, "-p", f"{stray_port}:{stray_port}",
+        "-p", f"{stray_port + 10000}:{stray_port + 10000}", "harbor.lab/mooring/redis:7.0", "--port", str(stray_port),
+        "--cluster-enabled", "yes", "--cluster-announce-ip", NODES["node3"], "--cluster-announce-port",
+        str(stray_port), "--cluster-announce-bus-port", str(stray_port + 10000),
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    stray_id = None
+    try:
+        nodes[0].execute_command("CLUSTER", "MEET", NODES["node3"], stray_port, stray_port + 10000)
+        deadline = time.monotonic() + 60
+        while not all(f"{NODES['node3']}:{stray_port}" in node.execute_command("CLUSTER", "NODES") for node in nodes):
+            assert time.monotonic() < deadline, "the stray node never joined"
+            time.sleep(0.5)
+        stray_id = next(
+            line.split()[0]
+            for line in nodes[0].execute_command("CLUSTER", "NODES").splitlines()
+            if f"{NODES['node3']}:{stray_port}@" in line
+        )
+        assert lab_node("node3", "docker", "rm", "-f", stray).returncode == 0
+        deadline = time.monotonic() + 60
+        while not any(f"{stray_id} " in line and ",fail" in line
+                      for line in nodes[0].execute_command("CLUSTER", "NODES").splitlines()):  # fmt: skip
+            assert time.monotonic() < deadline, "the killed node was never flagged failed"
+            time.sleep(0.5)
+        failed = cluster_play()
+        assert failed.returncode != 0
+        said = " ".join(failed.stdout.split())  # the YAML callback folds long messages
+        assert f"node(s) in fail state: {NODES['node3']}:{stray_port} (id {stray_id})" in said, failures(failed)
+        assert "run CLUSTER FORGET <id> on every remaining node" in said
+        assert {(node, port): started_at(node, f"redis-{port}") for node, port in before} == before
+    finally:
+        lab_node("node3", "docker", "rm", "-f", stray)
+        if stray_id:
+            for node in nodes:
+                with contextlib.suppress(redis.RedisError):
+                    node.execute_command("CLUSTER", "FORGET", stray_id)
+    again = cluster_play()
+    assert again.returncode == 0, failures(again)
+
+
+def test_redis_rolls_to_debian_13s_8_0_under_a_writer_and_refuses_to_go_back(lab):
+    """The upgrade drill: redis_cluster_image names the 8.0 line (Debian 13, built on demand); the six nodes roll
+    host by host, masters handed over first, while the writer runs: no acknowledged key lost, every node on 8.0,
+    a re-run changes nothing. Going back to 7.0 is refused before any node changes (7.0 cannot read what 8.0
+    wrote), naming the variable. The lab then gets its 7.0 cluster back the way the message says: anew."""
+    prefix = f"upgrade-{uuid.uuid4().hex[:8]}"
+    newer = {"redis_cluster_image": "harbor.lab/mooring/redis:8.0"}
+    writer = RedisWriter(prefix)
+    rolled = writer.during(lambda: cluster_play("-e", json.dumps(newer)))
+    print(  # the report
+        f"redis upgrade: {len(writer.acknowledged)} writes acknowledged, {len(writer.refused)} refused, "
+        f"longest refusal {longest_refusal(writer.refused):.2f} s"
+    )
+    try:
+        assert rolled.returncode == 0, failures(rolled)
+        reader = client()
+        lost = [index for index in writer.acknowledged if reader.get(f"{prefix}:{index}") != str(index)]
+        assert lost == [], f"{len(lost)} acknowledged keys lost, first {lost[:10]}"
+        for address in NODES.values():
+            for port in PORTS:
+                node = redis.Redis(host=address, port=port, password=password(), decode_responses=True)
+                assert node.info("server")["redis_version"].startswith("8.0."), (address, port)
+        assert_shape()
+        again = cluster_play("-e", json.dumps(newer))
+        assert not any(changes(again).values()), again.stdout[-3000:]
+        before = {(node, port): started_at(node, f"redis-{port}") for node in NODES for port in PORTS}
+        back = cluster_play()
+        assert back.returncode != 0
+        said = " ".join(back.stdout.split())  # the YAML callback folds long messages
+        assert "redis_cluster_image: 8.0." in said and "cannot go back to 7.0." in said, failures(back)
+        assert {(node, port): started_at(node, f"redis-{port}") for node, port in before} == before
+    finally:
+        for node in NODES:
+            for port in PORTS:
+                lab_node(node, "docker", "rm", "-f", f"redis-{port}")
+                lab_node(
+                    node, "sh", "-c", f"rm -rf /srv/mooring/redis/{port}/data/* /srv/mooring/redis/{port}/data/.??*"
+                )
+        anew = cluster_play()
+        assert anew.returncode == 0, failures(anew)
+    assert_shape()
