@@ -10,7 +10,7 @@ export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 LAB_INVENTORY := inventory/lab
 
 .PHONY: help venv engine images registry ee lab lab-down test unit lint sanity molecule molecule-scenarios
-.PHONY: integration-registry integration-lab bench
+.PHONY: integration-registry integration-lab lab-timed bench
 
 help:
 	@echo "make lab       bring up the embedded lab and run site.yml on it (the main job)"
@@ -81,11 +81,19 @@ unit: venv
 # Sanity is CPU work and the lab's images mostly wait on the mirror, so the two run side by side (output kept
 # per target); the execution environment builds after the registry, also beside sanity. The integration tests
 # that need at most the registry (the runtime, the Harbor modules, the collection; `-m "not lab"`) run beside
-# Molecule, which needs the registry too; the tests on the lab hosts (`-m lab`) come last, on their own.
+# Molecule, which needs the registry too, and beside the lab's bring-up (its hosts and site.yml mostly wait on
+# the mirror and on health checks; Molecule builds under its own image names). The tests on the lab hosts
+# (`-m lab`) come last, on the lab made beside them.
 test: lint unit
 	@$(MAKE) --no-print-directory --output-sync=target -j2 sanity ee
-	@$(MAKE) --no-print-directory --output-sync=target -j2 molecule-scenarios integration-registry
-	@$(MAKE) --no-print-directory integration-lab
+	@$(MAKE) --no-print-directory --output-sync=target -j3 molecule-scenarios integration-registry lab-timed \
+	    || { MOORING_LAB_DOWN=1 pytest -q tests/integration/test_lab_down.py; exit 1; }
+	@$(MAKE) --no-print-directory integration-lab LAB_IS_UP=1
+
+lab-timed: venv
+	@echo "== lab for the integration tests from $$(date +%T)"
+	@$(MAKE) --no-print-directory lab
+	@echo "== lab up at $$(date +%T)"
 
 integration-registry: venv
 	@echo "== integration tests without the lab hosts from $$(date +%T)"
@@ -96,8 +104,7 @@ integration-registry: venv
 # takes the lab down.
 LAB_KEPT = MOORING_KEEP_LAB=1 MOORING_LAB_READY=1
 integration-lab: venv
-	@echo "== lab for the integration tests from $$(date +%T)"
-	@$(MAKE) --no-print-directory lab
+	@[ -n "$(LAB_IS_UP)" ] || $(MAKE) --no-print-directory lab-timed
 	@trap 'status=$$?; [ $$status -eq 0 ] || MOORING_LAB_DOWN=1 pytest -q tests/integration/test_lab_down.py; \
 	       exit $$status' EXIT; \
 	set -e; \

@@ -314,8 +314,14 @@ def main():
     parser.add_argument("--messages", type=int, default=5000, help="AMQP messages in the burst")
     parser.add_argument("--size", type=int, default=1024, help="AMQP message size in bytes")
     parser.add_argument("--skip-rolls", action="store_true", help="leave out the rolling-upgrade comparison")
+    parser.add_argument("--rolls-only", action="store_true", help="only the rolling-upgrade comparison")
     options = parser.parse_args()
+    if options.skip_rolls and options.rolls_only:
+        parser.error("--skip-rolls and --rolls-only leave nothing to measure")
     os.environ.setdefault("ANSIBLE_CONFIG", str(REPO_DIR / "ansible.cfg"))
+    if options.rolls_only:
+        print_rolls({name: (roll(name), all_at_once(name)) for name in ROLLS})
+        return
 
     results = {name: {"cold": [], "warm": []} for name in PLAYS}
     for number in range(1, options.rounds + 1):
@@ -353,15 +359,19 @@ def main():
         f"publish with confirms {publish_rate:,.0f} msg/s (node1), consume with acks {consume_rate:,.0f} msg/s (node3)"
     )
     if rolls:
-        print()
-        print(f"{'roll':<20}{'rolling s':>10}{'failed/sent':>14}{'window s':>10}   "
-              f"{'at once s':>10}{'failed/sent':>14}{'window s':>10}{'time ratio':>12}")  # fmt: skip
-        for name, (rolling, baseline) in rolls.items():
-            print(
-                f"{name:<20}{rolling[0]:>10.1f}{f'{rolling[2]}/{rolling[1]}':>14}{rolling[3]:>10.2f}   "
-                f"{baseline[0]:>10.1f}{f'{baseline[2]}/{baseline[1]}':>14}{baseline[3]:>10.2f}"
-                f"{rolling[0] / baseline[0]:>12.2f}"
-            )
+        print_rolls(rolls)
+
+
+def print_rolls(rolls):
+    print()
+    print(f"{'roll':<20}{'rolling s':>10}{'failed/sent':>14}{'window s':>10}   "
+          f"{'at once s':>10}{'failed/sent':>14}{'window s':>10}{'time ratio':>12}")  # fmt: skip
+    for name, (rolling, baseline) in rolls.items():
+        print(
+            f"{name:<20}{rolling[0]:>10.1f}{f'{rolling[2]}/{rolling[1]}':>14}{rolling[3]:>10.2f}   "
+            f"{baseline[0]:>10.1f}{f'{baseline[2]}/{baseline[1]}':>14}{baseline[3]:>10.2f}"
+            f"{rolling[0] / baseline[0]:>12.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def pushed_tag(pushed_tags):
 
 @pytest.fixture(scope="module")
 def image(host, pushed_tag):
-    return json.loads(host.check_output(f"docker image inspect mooring/redis:{pushed_tag}"))[0]
+    return json.loads(host.check_output(f"docker image inspect molecule/redis:{pushed_tag}"))[0]
 
 
 def test_the_image_runs_as_a_non_root_user_with_a_healthcheck_and_oci_labels(image, pushed_tag):
