@@ -119,6 +119,40 @@ def pytest_collection_modifyitems(items):
                 item.add_marker(pytest.mark.lab_alone)
 
 
+_running_test = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    _running_test.append(item)
+    try:
+        return (yield)
+    finally:
+        _running_test.pop()
+
+
+def report(text):
+    """What a test measured (a client's counts during a roll or an upgrade): printed, and kept with the test's
+    result, so that the end of the run lists it under "measured" without -s, from pytest-xdist's workers too."""
+    print(text)
+    if _running_test:
+        _running_test[-1].user_properties.append(("measured", text))
+
+
+def pytest_terminal_summary(terminalreporter):
+    lines = [
+        f"{result.nodeid.rsplit('::', 1)[-1]} ({outcome}): {value}"
+        for outcome in ("passed", "failed")
+        for result in terminalreporter.stats.get(outcome, [])
+        for name, value in getattr(result, "user_properties", ())
+        if name == "measured" and result.when == "call"
+    ]
+    if lines:
+        terminalreporter.section("measured")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def lab_registry():
     """The lab's engine, images and registry harbor.lab on this machine (`make registry`), without the lab hosts:

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from lab_clients import RowWriter, longest_refusal
 
-from conftest import LAB_DIR, REPO_DIR, changes, failures, run
+from conftest import LAB_DIR, REPO_DIR, changes, failures, report, run
 
 PRIMARY, REPLICA, SPARE = "node1", "node2", "node3"
 ADDRESSES = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13"}
@@ -319,7 +319,7 @@ def test_a_changed_setting_rolls_the_replica_then_the_primary_after_a_backup_and
     backups_before = set(backups())
     writer = RowWriter(table)
     rolled = writer.during(lambda: replication_play("-e", json.dumps(setting)))
-    print(  # the report
+    report(
         f"mariadb roll: {len(writer.acknowledged)} rows acknowledged, {len(writer.refused)} writes refused, "
         f"longest write pause {longest_refusal(writer.refused):.2f} s"
     )
@@ -355,7 +355,7 @@ def test_mariadb_rolls_to_debian_13s_11_8_after_a_backup_refuses_to_go_back_and_
     backups_before = set(backups())
     writer = RowWriter(table)
     rolled = writer.during(lambda: replication_play("-e", json.dumps(newer)))
-    print(  # the report
+    report(
         f"mariadb upgrade: {len(writer.acknowledged)} rows acknowledged, {len(writer.refused)} writes refused, "
         f"longest write pause {longest_refusal(writer.refused):.2f} s"
     )

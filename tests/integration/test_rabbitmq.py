@@ -10,7 +10,7 @@ import pytest
 import requests
 from lab_clients import AmqpPublisher
 
-from conftest import LAB_DIR, changes, failures, lab_node, run
+from conftest import LAB_DIR, changes, failures, lab_node, report, run
 
 NODES = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13"}
 
@@ -167,7 +167,7 @@ def test_a_changed_setting_rolls_broker_by_broker_and_no_confirmed_message_is_lo
     before = {node: started_at(node) for node in NODES}
     publisher = AmqpPublisher(queue)
     rolled = publisher.during(lambda: rabbitmq_play("-e", json.dumps(setting)))
-    print(  # the report
+    report(
         f"rabbitmq roll: {len(publisher.confirmed)} messages confirmed, {len(publisher.in_doubt)} in doubt, "
         f"{publisher.reconnects} reconnects"
     )
@@ -352,7 +352,7 @@ def test_blue_green_to_debian_13s_rabbitmq_4_0_moves_every_confirmed_message_and
         assert all(lab_node(node, "docker", "inspect", "rabbitmq").returncode != 0 for node in NODES)
         left = drained(queue, address=NODES["node3"], port=5673, decode=bytes.decode)
         expected = [f"blue-{index}" for index in on_blue.confirmed] + [f"green-{index}" for index in on_green.confirmed]
-        print(  # the report
+        report(
             f"rabbitmq blue-green: {len(on_blue.confirmed)} confirmed by 3.10 during the build, "
             f"{len(on_green.confirmed)} by 4.0 after the move; {len(left)} on 4.0 at the end"
         )

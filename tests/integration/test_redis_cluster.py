@@ -13,7 +13,7 @@ import redis
 from lab_clients import RedisWriter, longest_refusal
 from redis.cluster import ClusterNode, RedisCluster
 
-from conftest import LAB_DIR, changes, failures, lab_node, run, run_module
+from conftest import LAB_DIR, changes, failures, lab_node, report, run, run_module
 
 NODES = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13"}
 HOST_OF = {address: node for node, address in NODES.items()}
@@ -209,7 +209,7 @@ def test_a_changed_setting_rolls_host_by_host_masters_handed_over_first_and_no_w
     before = {(node, port): started_at(node, f"redis-{port}") for node in NODES for port in PORTS}
     writer = RedisWriter(prefix)
     rolled = writer.during(lambda: cluster_play("-e", json.dumps(setting)))
-    print(  # the report
+    report(
         f"redis roll: {len(writer.acknowledged)} writes acknowledged, {len(writer.refused)} refused, "
         f"longest refusal {longest_refusal(writer.refused):.2f} s"
     )
@@ -437,7 +437,7 @@ def test_redis_rolls_to_debian_13s_8_0_under_a_writer_and_refuses_to_go_back(lab
     newer = {"redis_cluster_image": "harbor.lab/mooring/redis:8.0"}
     writer = RedisWriter(prefix)
     rolled = writer.during(lambda: cluster_play("-e", json.dumps(newer)))
-    print(  # the report
+    report(
         f"redis upgrade: {len(writer.acknowledged)} writes acknowledged, {len(writer.refused)} refused, "
         f"longest refusal {longest_refusal(writer.refused):.2f} s"
     )

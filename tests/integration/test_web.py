@@ -14,7 +14,7 @@ import pytest
 import requests
 from lab_clients import WebLoad
 
-from conftest import LAB_DIR, changes, failures, run, run_module
+from conftest import LAB_DIR, changes, failures, report, run, run_module
 
 NODES = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13"}
 SPARE = "node3"
@@ -114,7 +114,7 @@ def roll_under_load(*args):
     time.sleep(1)
     rolled = playbook("tomcat", *args)
     sent = load.stop()
-    print(f"tomcat roll: {sent} requests through nginx, {len(load.failed)} failed")
+    report(f"tomcat roll: {sent} requests through nginx, {len(load.failed)} failed")
     assert rolled.returncode == 0, failures(rolled)
     assert sent < load.limit, "the load loop ended before the roll did"
     return load
@@ -341,7 +341,7 @@ def nginx_roll_through_the_balancer(*args):
     record, and the hosts the play took out of the balancer's upstream."""
     load = WebLoad(limit=30000, entries=(BALANCER,))
     rolled = load.during(lambda: playbook("nginx", *args))
-    print(f"nginx roll: {load.sent} requests through the balancer, {len(load.failed)} failed")
+    report(f"nginx roll: {load.sent} requests through the balancer, {len(load.failed)} failed")
     assert rolled.returncode == 0, failures(rolled)
     assert not load.ran_out(), "the load loop ended before the roll did"
     taken_out = re.findall(
