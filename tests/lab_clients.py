@@ -74,7 +74,10 @@ class Client(threading.Thread):
 class WebLoad(Client):
     """A client of both nginx hosts (or of the `entries` given: the balancer): one request for the proxied Tomcat
     page after another, GET and POST in turn (nginx retries a GET on the other Tomcat by itself, never a POST
-    that reached it). Records who served each request, and every failure (status or exception)."""
+    that reached it). Records who served each request, and every failure (status or exception). Each request
+    opens its own connection: an HTTP/1.1 server may close an idle kept-alive connection at any moment (nginx
+    does on every reload, the way rolls change its upstream), and a client must then retry (RFC 9112 9.3.1);
+    counting that race would measure the client, not the roll."""
 
     def __init__(self, limit=4000, pause=0.02, entries=tuple(NGINX_HOSTS)):
         super().__init__(limit, pause)
@@ -90,7 +93,7 @@ class WebLoad(Client):
                 node = self.entries[sent % len(self.entries)]
                 try:
                     method = session.post if sent % 4 >= 2 else session.get
-                    answer = method(f"http://{ADDRESSES[node]}/app/", timeout=10)
+                    answer = method(f"http://{ADDRESSES[node]}/app/", timeout=10, headers={"Connection": "close"})
                     if answer.status_code == 200:
                         self.served_by.append(answer.text.split()[3])
                     else:
