@@ -92,11 +92,15 @@ class CgroupV1:
 
     def create(self):
         for controller, path in self.paths.items():
-            parent = os.path.dirname(path)
-            if not os.path.isdir(parent):
-                os.makedirs(parent)
+            missing = []
+            above = os.path.dirname(path)
+            while not os.path.isdir(above):
+                missing.insert(0, above)
+                above = os.path.dirname(above)
+            for level in missing:
+                os.makedirs(level, exist_ok=True)
                 if controller == "cpuset":
-                    self._inherit_cpuset(parent)
+                    self._inherit_cpuset(level)
             os.makedirs(path, exist_ok=True)
         self._inherit_cpuset(self.paths["cpuset"])
 
@@ -189,7 +193,8 @@ class CgroupV2:
             os.makedirs(self.parent)
         available = _read(os.path.join(self.root, "cgroup.controllers")).split()
         wanted = [controller for controller in V2_CONTROLLERS if controller in available]
-        for directory in (self.root, self.parent):
+        levels = os.path.relpath(self.parent, self.root).split(os.sep)
+        for directory in [self.root] + [os.path.join(self.root, *levels[: n + 1]) for n in range(len(levels))]:
             enabled = _read(os.path.join(directory, "cgroup.subtree_control")).split()
             missing = [controller for controller in wanted if controller not in enabled]
             if missing:

@@ -93,6 +93,9 @@ def _mount_all(document, rootfs):
     try:
         for entry in document.get("mounts") or []:
             flags, propagation, data = _options(entry.get("options"))
+            if entry.get("type") == "cgroup":
+                _mount_cgroups(root_fd, entry["destination"], flags, document)
+                continue
             bind = entry.get("type") == "bind" or flags & syscalls.MS_BIND
             create = "file" if bind and not os.path.isdir(entry["source"]) else "dir"
             target_fd = paths.open_in_root(root_fd, entry["destination"], create=create)
@@ -124,10 +127,94 @@ def _mount_all(document, rootfs):
         os.close(root_fd)
 
 
+def own_cgroups():
+    """{controllers: path} of this process's cgroups (/proc/self/cgroup), read before a cgroup namespace hides
+    the paths."""
+    found = {}
+    with open("/proc/self/cgroup") as handle:
+        for line in handle:
+            _number, controllers, path = line.rstrip("\n").split(":", 2)
+            found[controllers] = path
+    return found
+
+
+def _mount_cgroups(root_fd, destination, flags, document):
+    """A `cgroup` mount: the container's own cgroups, never the host's tree. cgroup v2 in a cgroup namespace: the
+    hierarchy itself (rooted at the container's cgroup); otherwise, as runc does, a tmpfs with each hierarchy's
+    directory of the container bound into it (v1: one per controller set, with a link per controller)."""
+    from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups  # noqa: PLC0415
+
+    own = document.get("mooring_cgroups") or own_cgroups()
+    in_namespace = any(ns["type"] == "cgroup" for ns in document["linux"].get("namespaces") or [])
+    read_only = flags & syscalls.MS_RDONLY
+    hardened = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
+    target_fd = paths.open_in_root(root_fd, destination, create="dir")
+    try:
+        target = paths.fd_path(target_fd)
+        hierarchies = {point: options for point, (kind, options) in cgroups.mounts().items() if kind == "cgroup"}
+        if not hierarchies and in_namespace:
+            syscalls.mount("cgroup", target, "cgroup2", flags | hardened)
+            return
+        syscalls.mount("tmpfs", target, "tmpfs", hardened, "mode=755")
+    finally:
+        os.close(target_fd)
+    _bind_cgroups(root_fd, destination, read_only, hierarchies, own)
+
+
+def _bind_cgroups(root_fd, destination, read_only, hierarchies, own):
+    """Under the tmpfs at destination: each hierarchy's directory of the container, bound (read-only when the
+    mount is); v1's directories that hold several controllers get a link per controller, as on the host."""
+    from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups  # noqa: PLC0415
+
+    hardened = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
+    unified = [point for point, (kind, _o) in cgroups.mounts().items() if kind == "cgroup2"]
+    sources = []
+    for point, options in hierarchies.items():
+        controllers = next((key for key in own if key and set(key.split(",")) <= set(options)), None)
+        if controllers is not None:
+            sources.append((os.path.basename(point), point + own[controllers]))
+    if not hierarchies and unified:
+        sources = [("", unified[0] + own.get("", "/"))]
+    for name, source in sources:
+        inside = os.path.join(destination, name) if name else destination
+        bind_fd = paths.open_in_root(root_fd, inside, create="dir")
+        try:
+            syscalls.mount(source, paths.fd_path(bind_fd), None, syscalls.MS_BIND | syscalls.MS_REC)
+        finally:
+            os.close(bind_fd)
+        bound_fd = paths.open_in_root(root_fd, inside)
+        try:
+            syscalls.mount(
+                None, paths.fd_path(bound_fd), None,
+                syscalls.MS_REMOUNT | syscalls.MS_BIND | hardened | read_only,
+            )  # fmt: skip
+        finally:
+            os.close(bound_fd)
+        if "," in name:
+            directory = paths.open_in_root(root_fd, destination)
+            try:
+                for alias in name.split(","):
+                    with contextlib.suppress(FileExistsError):
+                        os.symlink(name, alias, dir_fd=directory)
+            finally:
+                os.close(directory)
+    if read_only:
+        tmpfs_fd = paths.open_in_root(root_fd, destination)
+        try:
+            syscalls.mount(None, paths.fd_path(tmpfs_fd), None, syscalls.MS_REMOUNT | hardened | syscalls.MS_RDONLY)
+        finally:
+            os.close(tmpfs_fd)
+
+
 def _enter_rootfs(document, rootfs):
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     syscalls.mount(rootfs, rootfs, None, syscalls.MS_BIND | syscalls.MS_REC)
     _mount_all(document, rootfs)
+    _pivot(rootfs)
+
+
+def _pivot(rootfs):
+    """pivot_root into rootfs (a mount point by now) and detach the old root."""
     os.chdir(rootfs)
     os.makedirs(".mooring-old", exist_ok=True)
     syscalls.pivot_root(".", ".mooring-old")
@@ -201,12 +288,23 @@ def _become(process, seccomp_program=None):
         seccomp.install(seccomp_program)
     os.setgroups(list(user.get("additionalGids") or []))
     os.setgid(gid)
+    # Kept through the change of user, so that the sets below are the spec's for a non-root user too (runc's way;
+    # the runtime's own spec gives a non-root user none, as Docker does).
+    syscalls.prctl(syscalls.PR_SET_KEEPCAPS, 1)
     os.setuid(uid)
+    syscalls.prctl(syscalls.PR_SET_KEEPCAPS, 0)
     syscalls.capset(
         _mask(capabilities.get("effective")), _mask(capabilities.get("permitted")),
         _mask(capabilities.get("inheritable")),
     )  # fmt: skip
     syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
+    for name in capabilities.get("ambient") or []:
+        # The kernel keeps an ambient capability only while it is permitted and inheritable.
+        number = spec.CAPABILITIES[name.removeprefix("CAP_")]
+        try:
+            syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_RAISE, number)
+        except OSError as exc:
+            raise OSError(exc.errno, f"process.capabilities.ambient {name}: not permitted and inheritable") from None
     if process.get("noNewPrivileges"):
         syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
     os.chdir(process.get("cwd") or "/")

@@ -1,0 +1,358 @@
+"""bin/mooring-ctr as an OCI runtime over a bundle (create, start, state, kill, delete, features): the contract
+runc offers containerd's shim and the OCI validation suite, checked from the host on this kernel. The bundle's
+root is the lab's Debian image unpacked once (read-only for every container); each container's output goes to
+a file of the test's own, and everything a container had (state, cgroup, processes) is checked gone after it."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_DIR, run
+
+IMAGE = "mooring/debian-python:bookworm"
+CTR = [sys.executable, str(REPO_DIR / "bin" / "mooring-ctr")]
+DEFAULT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL", "CAP_SETGID", "CAP_SETUID"]
+
+
+@pytest.fixture(scope="module")
+def rootfs(lab_registry, tmp_path_factory):
+    """The lab's Debian image (with Python) as a plain directory, unpacked with its owners."""
+    root = tmp_path_factory.mktemp("oci") / "rootfs"
+    root.mkdir()
+    created = run(["docker", "create", IMAGE, "true"])
+    assert created.returncode == 0, created.stderr
+    container = created.stdout.strip()
+    try:
+        exporter = subprocess.Popen(["docker", "export", container], stdout=subprocess.PIPE)
+        unpacked = subprocess.run(
+            ["tar", "-x", "--numeric-owner", "-C", str(root)], stdin=exporter.stdout, capture_output=True, check=False
+        )
+        exporter.stdout.close()
+        assert exporter.wait() == 0 and unpacked.returncode == 0, unpacked.stderr
+    finally:
+        run(["docker", "rm", "-f", container])
+    return str(root)
+
+
+@pytest.fixture
+def oci(tmp_path):
+    """mooring-ctr with a state root of the test's own; every container left is force-deleted at the end and must
+    leave nothing (state directory, cgroup) behind."""
+    state_root = str(tmp_path / "state")
+    calls = iter(range(1 << 30))
+
+    def command(*argv, stdout=None, timeout=60):
+        """Files, not pipes, for the output: create hands its stdio to the container's process (as runc does),
+        which would hold a pipe open for its whole life."""
+        number = next(calls)
+        out_path, err_path = tmp_path / f".call{number}.out", tmp_path / f".call{number}.err"
+        with open(err_path, "w") as err, open(out_path, "w") as out:
+            process = subprocess.run(
+                [*CTR, "--root", state_root, *argv], stdout=stdout or out, stderr=err, stdin=subprocess.DEVNULL,
+                timeout=timeout, check=False,
+            )  # fmt: skip
+        return subprocess.CompletedProcess(process.args, process.returncode, out_path.read_text(), err_path.read_text())
+
+    command.root = state_root
+    yield command
+    left = [name for name in os.listdir(state_root) if not name.startswith(".")] if os.path.isdir(state_root) else []
+    for name in left:
+        command("delete", "--force", name)
+        assert not os.path.exists(cgroup_dir(name)), name
+    assert not left, f"containers left by the test: {left}"
+
+
+def cgroup_dir(container_id, parent="mooring-oci"):
+    return f"/sys/fs/cgroup/memory/{parent}/{container_id}"
+
+
+def config(rootfs, args, **changes):
+    """A bundle's config.json as `runc spec` writes it (namespaces, mounts, masked and read-only paths), with
+    the capabilities of a restricted container, on the shared read-only root."""
+    document = {
+        "ociVersion": "1.0.2",
+        "root": {"path": rootfs, "readonly": True},
+        "hostname": "oci-test",
+        "process": {
+            "args": args, "cwd": "/", "env": ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/root"],
+            "user": {"uid": 0, "gid": 0}, "noNewPrivileges": True,
+            "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024}],
+            "capabilities": {kind: list(DEFAULT_CAPS) for kind in ("bounding", "effective", "permitted")},
+        },
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",  # noqa: S108 - inside the container
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",  # noqa: S108 - inside the container
+             "options": ["nosuid", "nodev"]},
+        ],
+        "linux": {
+            "namespaces": [{"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount", "cgroup")],
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "maskedPaths": ["/proc/kcore", "/proc/timer_list", "/sys/firmware"],
+            "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"],
+        },
+    }  # fmt: skip
+    for key, value in changes.items():
+        target = document
+        *parents, last = key.split("__")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[last] = value
+    return document
+
+
+def bundle(tmp_path, document, name="bundle"):
+    directory = tmp_path / name
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(document))
+    return str(directory)
+
+
+def new_id():
+    return "oci-" + uuid.uuid4().hex[:10]
+
+
+def wait_status(oci, container_id, wanted, timeout=10):
+    deadline = time.monotonic() + timeout
+    while True:
+        state = json.loads(oci("state", container_id).stdout)
+        if state["status"] == wanted or time.monotonic() > deadline:
+            return state
+        time.sleep(0.05)
+
+
+def test_the_lifecycle_create_start_state_kill_delete(oci, rootfs, tmp_path):
+    """create leaves PID 1 waiting (the process has not run: its marker is not there), in the container's cgroup
+    and with the pid the pid file names; start runs it; kill signals it; delete removes state and cgroup."""
+    marker = tmp_path / "out"
+    marker.mkdir()
+    document = config(rootfs, ["sh", "-c", "echo started > /out/marker; exec sleep 300"])
+    document["mounts"].append({"destination": "/out", "type": "bind", "source": str(marker), "options": ["rbind"]})
+    container_id = new_id()
+    created = oci("create", "--bundle", bundle(tmp_path, document), "--pid-file", str(tmp_path / "pid"), container_id)
+    assert created.returncode == 0, created.stderr
+    state = json.loads(oci("state", container_id).stdout)
+    assert state["status"] == "created" and state["id"] == container_id and state["ociVersion"].startswith("1.")
+    assert state["bundle"] == str(tmp_path / "bundle") and state["annotations"] == {}
+    assert int((tmp_path / "pid").read_text()) == state["pid"] > 0
+    assert str(state["pid"]) in Path(cgroup_dir(container_id), "cgroup.procs").read_text().split()
+    assert not (marker / "marker").exists(), "the process ran before start"
+    assert oci("delete", container_id).returncode != 0, "delete of a created container must be refused"
+    assert json.loads(oci("state", container_id).stdout)["status"] == "created"
+
+    started = oci("start", container_id)
+    assert started.returncode == 0, started.stderr
+    assert (marker / "marker").read_text() == "started\n"
+    assert json.loads(oci("state", container_id).stdout)["status"] == "running"
+    again = oci("start", container_id)
+    assert again.returncode != 0 and "running" in again.stderr
+    refused = oci("delete", container_id)
+    assert refused.returncode != 0 and "running" in refused.stderr
+    assert os.path.exists(f"/proc/{state['pid']}")
+
+    assert oci("kill", container_id, "KILL").returncode == 0
+    stopped = wait_status(oci, container_id, "stopped")
+    assert stopped["status"] == "stopped"
+    assert oci("kill", container_id, "TERM").returncode != 0, "kill of a stopped container must be refused"
+    deleted = oci("delete", container_id)
+    assert deleted.returncode == 0, deleted.stderr
+    assert not os.path.exists(cgroup_dir(container_id))
+    assert not os.path.exists(os.path.join(oci.root, container_id))
+    gone = oci("state", container_id)
+    assert gone.returncode != 0 and container_id in gone.stderr
+
+
+def test_the_process_gets_the_runtimes_stdio_and_exits_to_stopped(oci, rootfs, tmp_path):
+    container_id = new_id()
+    path = bundle(tmp_path, config(rootfs, ["sh", "-c", "echo out; echo err >&2"]))
+    with open(tmp_path / "stdout", "w") as output:
+        created = oci("create", "--bundle", path, container_id, stdout=output)
+    assert created.returncode == 0, created.stderr
+    assert oci("start", container_id).returncode == 0
+    assert wait_status(oci, container_id, "stopped")["status"] == "stopped"
+    assert (tmp_path / "stdout").read_text() == "out\n"
+    assert oci("delete", container_id).returncode == 0
+
+
+def test_the_spec_fields_are_applied_as_the_container_sees_them(oci, rootfs, tmp_path):
+    """One container reports what it sees: hostname, user and groups, capability sets, no_new_privs, rlimits,
+    oom score, a read-only root, masked and read-only /proc paths, a sysctl of its IPC namespace, its loopback
+    up, a device node of linux.devices, its own cgroup as /sys/fs/cgroup, and the memory and pids limits."""
+    probe = r"""
+import json, os, socket, fcntl, struct
+def attempt(f):
+    try:
+        f(); return "ok"
+    except OSError as e:
+        return e.strerror
+status = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+probe = socket.socket()
+lo = struct.unpack("16sH22x", fcntl.ioctl(probe.fileno(), 0x8913, struct.pack("16sH22x", b"lo", 0)))[1]
+print(json.dumps({
+  "hostname": socket.gethostname(), "uid": os.getuid(), "gid": os.getgid(), "groups": sorted(os.getgroups()),
+  "cap_eff": status["CapEff"].strip(), "cap_bnd": status["CapBnd"].strip(), "cap_amb": status["CapAmb"].strip(),
+  "no_new_privs": status["NoNewPrivs"].strip(), "nofile": open("/proc/self/limits").read().count("1024"),
+  "oom": open("/proc/self/oom_score_adj").read().strip(),
+  "write_root": attempt(lambda: open("/probe", "w")), "timer_list": len(open("/proc/timer_list").read()),
+  "write_proc_sys": attempt(lambda: open("/proc/sys/kernel/hostname", "w").write("x")),
+  "shmmni": open("/proc/sys/kernel/shmmni").read().strip(), "lo_up": bool(lo & 1),
+  "device": os.path.exists("/dev/oci-null") and os.major(os.stat("/dev/oci-null").st_rdev),
+  "cgroup_procs": sorted(open("/sys/fs/cgroup/memory/cgroup.procs").read().split()),
+  "memory": open("/sys/fs/cgroup/memory/memory.limit_in_bytes").read().strip(),
+  "pids": open("/sys/fs/cgroup/pids/pids.max").read().strip(),
+}))
+"""
+    document = config(rootfs, ["python3", "-c", probe], hostname="probe-host")
+    document["process"].update(
+        user={"uid": 1000, "gid": 1000, "additionalGids": [5]}, oomScoreAdj=123,
+        capabilities={"bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE"], "effective": ["CAP_NET_BIND_SERVICE"],
+                      "permitted": ["CAP_NET_BIND_SERVICE"], "inheritable": ["CAP_NET_BIND_SERVICE"],
+                      "ambient": ["CAP_NET_BIND_SERVICE"]},
+    )  # fmt: skip
+    document["linux"]["sysctl"] = {"kernel.shmmni": "1234"}
+    document["linux"]["devices"] = [{"path": "/dev/oci-null", "type": "c", "major": 1, "minor": 3, "fileMode": 438}]
+    document["linux"]["resources"].update(memory={"limit": 64 << 20}, pids={"limit": 32})
+    container_id = new_id()
+    with open(tmp_path / "stdout", "w") as output:
+        created = oci("create", "--bundle", bundle(tmp_path, document), container_id, stdout=output)
+    assert created.returncode == 0, created.stderr
+    assert oci("start", container_id).returncode == 0
+    assert wait_status(oci, container_id, "stopped")["status"] == "stopped"
+    seen = json.loads((tmp_path / "stdout").read_text())
+    net_bind = f"{1 << 10:016x}"
+    assert seen["hostname"] == "probe-host" and (seen["uid"], seen["gid"], seen["groups"]) == (1000, 1000, [5])
+    assert seen["cap_eff"] == seen["cap_amb"] == net_bind, seen
+    assert seen["cap_bnd"] == f"{(1 << 10) | (1 << 5):016x}"
+    assert seen["no_new_privs"] == "1" and seen["nofile"] >= 2 and seen["oom"] == "123"
+    assert seen["write_root"] == "Read-only file system" and seen["timer_list"] == 0
+    assert seen["write_proc_sys"] == "Read-only file system"
+    assert seen["shmmni"] == "1234" and seen["lo_up"] is True and seen["device"] == 1
+    assert seen["cgroup_procs"] == ["1"], "the cgroup mount must show the container's own cgroup"
+    assert seen["memory"] == str(64 << 20) and seen["pids"] == "32"
+    assert run(["sysctl", "-n", "kernel.shmmni"]).stdout.strip() != "1234", "the sysctl reached the host"
+    assert oci("delete", container_id).returncode == 0
+
+
+def test_hooks_run_in_order_with_the_state_on_stdin(oci, rootfs, tmp_path):
+    """prestart and createRuntime at create (the environment made, PID 1's pid known), createContainer in the
+    container's mount namespace before the pivot, startContainer in the container before the process,
+    poststart after it started, poststop after delete; each gets the container's state on stdin."""
+    log = tmp_path / "hooks"
+    log.mkdir()
+    document = config(rootfs, ["sleep", "300"], annotations={"org.example/owner": "tests"})
+    document["mounts"].append({"destination": "/hooks", "type": "bind", "source": str(log), "options": ["rbind"]})
+    hooks = {}
+    for kind in ("prestart", "createRuntime", "createContainer", "poststart", "poststop"):
+        target = f"{log}/{kind}.json"
+        hooks[kind] = [{"path": "/bin/sh", "args": ["sh", "-c", f"cat > {target}; date +%s%N >> {log}/order; "
+                                                                 f"echo {kind} >> {log}/order"]}]  # fmt: skip
+    hooks["startContainer"] = [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /hooks/startContainer.json"]}]
+    document["hooks"] = hooks
+    container_id = new_id()
+    created = oci("create", "--bundle", bundle(tmp_path, document), container_id)
+    assert created.returncode == 0, created.stderr
+    pid = json.loads(oci("state", container_id).stdout)["pid"]
+    ran = [line for line in (log / "order").read_text().split() if not line.isdigit()]
+    assert ran == ["prestart", "createRuntime", "createContainer"]
+    assert not (log / "startContainer.json").exists()
+    assert oci("start", container_id).returncode == 0
+    assert oci("kill", container_id, "9").returncode == 0
+    wait_status(oci, container_id, "stopped")
+    assert oci("delete", container_id).returncode == 0
+    ran = [line for line in (log / "order").read_text().split() if not line.isdigit()]
+    assert ran == ["prestart", "createRuntime", "createContainer", "poststart", "poststop"]
+    for kind in ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"):
+        state = json.loads((log / f"{kind}.json").read_text())
+        assert state["id"] == container_id and state["bundle"] == str(tmp_path / "bundle"), kind
+        assert state["annotations"] == {"org.example/owner": "tests"}, kind
+        if kind != "poststop":
+            assert state["pid"] == pid, kind
+    assert json.loads((log / "poststart.json").read_text())["status"] == "running"
+    assert json.loads((log / "poststop.json").read_text())["status"] == "stopped"
+
+
+def test_a_failing_prestart_hook_fails_create_and_leaves_nothing(oci, rootfs, tmp_path):
+    document = config(rootfs, ["sleep", "300"], hooks={"prestart": [{"path": "/bin/false"}]})
+    container_id = new_id()
+    created = oci("create", "--bundle", bundle(tmp_path, document), container_id)
+    assert created.returncode != 0 and "prestart hook /bin/false failed" in created.stderr
+    assert oci("state", container_id).returncode != 0
+    assert not os.path.exists(cgroup_dir(container_id))
+    assert run(["pgrep", "-f", container_id]).stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ociVersion": "2.0.0"}, "ociVersion '2.0.0' is not a 1.x version"),
+        ({"root__path": "/nonexistent/rootfs"}, "root.path '/nonexistent/rootfs' is not a directory"),
+        ({"process__cwd": "relative"}, "process.cwd must be an absolute path"),
+        ({"process__args": []}, "process.args must be a non-empty list"),
+        ({"process__capabilities__bounding": ["CAP_BOGUS"]}, "unknown capability 'CAP_BOGUS'"),
+        ({"linux__namespaces": [{"type": "mount"}, {"type": "bogus"}]}, "linux.namespaces[1].type 'bogus'"),
+        ({"linux__namespaces": [{"type": "pid"}]}, "must hold a mount namespace"),
+        ({"linux__cgroupsPath": "system.slice:docker:x"}, "linux.cgroupsPath"),
+        ({"hooks__prestart": [{"path": "relative/hook"}]}, "hooks.prestart[0].path must be an absolute path"),
+        ({"process__args": ["/no/such/binary"]}, "process.args[0] '/no/such/binary': no such executable"),
+    ],
+)
+def test_a_bad_bundle_is_refused_naming_the_field_and_leaves_nothing(oci, rootfs, tmp_path, change, message):
+    container_id = new_id()
+    created = oci("create", "--bundle", bundle(tmp_path, config(rootfs, ["true"], **change)), container_id)
+    assert created.returncode != 0
+    assert message in created.stderr, created.stderr
+    assert not os.path.exists(os.path.join(oci.root, container_id))
+    assert not os.path.exists(cgroup_dir(container_id))
+
+
+def test_bad_calls_are_refused_and_change_nothing(oci, rootfs, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = oci("create", "--bundle", str(empty), new_id())
+    assert missing.returncode != 0 and "has no config.json" in missing.stderr
+    container_id = new_id()
+    path = bundle(tmp_path, config(rootfs, ["sleep", "300"]))
+    assert oci("create", "--bundle", path, container_id).returncode == 0
+    duplicate = oci("create", "--bundle", path, container_id)
+    assert duplicate.returncode != 0 and "already exists" in duplicate.stderr
+    for argv in (("kill", container_id, "SIGBOGUS"), ("kill", container_id, "99")):
+        refused = oci(*argv)
+        assert refused.returncode != 0 and "signal" in refused.stderr
+    for verb in ("start", "state", "kill", "delete"):
+        unknown = oci(verb, "no-such-container")
+        assert unknown.returncode != 0 and "no-such-container does not exist" in unknown.stderr, verb
+    assert oci("create", "--bundle", path, "../escape").returncode != 0
+    assert oci("--systemd-cgroup", "create", "--bundle", path, new_id()).returncode != 0
+    assert json.loads(oci("state", container_id).stdout)["status"] == "created"
+    assert oci("delete", "--force", container_id).returncode == 0
+    assert not os.path.exists(cgroup_dir(container_id))
+
+
+def test_errors_go_to_the_log_as_json_lines_for_containerds_shim(oci, tmp_path):
+    log = tmp_path / "log.json"
+    failed = oci("--log", str(log), "--log-format", "json", "state", "no-such-container")
+    assert failed.returncode != 0
+    entry = json.loads(log.read_text().splitlines()[-1])
+    assert entry["level"] == "error" and "no-such-container does not exist" in entry["msg"]
+
+
+def test_features_lists_what_is_supported(oci):
+    shown = oci("features")
+    assert shown.returncode == 0, shown.stderr
+    features = json.loads(shown.stdout)
+    assert features["ociVersionMin"] == "1.0.0" and "poststop" in features["hooks"]
+    assert "mount" in features["linux"]["namespaces"] and "user" not in features["linux"]["namespaces"]
+    assert features["linux"]["cgroup"]["systemd"] is False

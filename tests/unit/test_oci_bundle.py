@@ -1,0 +1,128 @@
+"""The OCI runtime's command line and bundle checks, without root: which calls are OCI ones (containerd's shim
+puts global options first), the options of each command, signals by name or number, and config.json fields that
+must be refused, each naming the field."""
+
+import json
+import sys
+
+import pytest
+
+from conftest import REPO_DIR
+
+sys.path.insert(0, str(REPO_DIR / "collections"))
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci import OciError, load_bundle, parse_signal
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci_cli import UsageError, _parse, split_globals
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["state", "c1"], ({}, ["state", "c1"])),
+        (
+            ["--root", "/run/x", "--log", "/l.json", "--log-format", "json", "create", "--bundle", "/b", "c1"],
+            ({"--root": "/run/x", "--log": "/l.json", "--log-format": "json"}, ["create", "--bundle", "/b", "c1"]),
+        ),
+        (
+            ["--root=/run/x", "--systemd-cgroup", "delete", "c1"],
+            ({"--root": "/run/x", "--systemd-cgroup": True}, ["delete", "c1"]),
+        ),
+        (["features"], ({}, ["features"])),
+        (["--root", "/var/lib/x", "run", "img"], None),
+        (["ps", "-a"], None),
+        (["rm", "-f", "c1"], None),
+        (["--root"], None),
+        ([], None),
+    ],
+)
+def test_only_oci_calls_go_to_the_oci_command_line(argv, expected):
+    assert split_globals(argv) == expected
+
+
+def test_command_options_take_both_forms_and_refuse_the_unknown():
+    options, rest = _parse(["--bundle=/b", "--pid-file", "/p", "c1"], values=(("--bundle", "-b"), ("--pid-file",)))
+    assert options == {"--bundle": "/b", "--pid-file": "/p"} and rest == ["c1"]
+    options, rest = _parse(["-b", "/b", "c1"], values=(("--bundle", "-b"),))
+    assert options == {"--bundle": "/b"}
+    with pytest.raises(UsageError, match="unknown option --bogus"):
+        _parse(["--bogus", "c1"])
+    with pytest.raises(UsageError, match="--bundle needs a value"):
+        _parse(["c1", "--bundle"], values=(("--bundle",),))
+    with pytest.raises(UsageError, match="expected ID"):
+        _parse([])
+    _options, words = _parse(["c1", "-9"], positional=(1, 2))
+    assert words == ["c1", "-9"], "a negative-looking signal number is an argument, not an option"
+
+
+@pytest.mark.parametrize(("value", "number"), [("KILL", 9), ("SIGTERM", 15), ("term", 15), ("9", 9), ("SIGUSR1", 10)])
+def test_signals_by_name_or_number(value, number):
+    assert parse_signal(value) == number
+
+
+@pytest.mark.parametrize("value", ["SIGBOGUS", "0", "99", "", "-1"])
+def test_a_bad_signal_is_refused_naming_it(value):
+    with pytest.raises(OciError, match="signal"):
+        parse_signal(value)
+
+
+def _bundle(tmp_path, **changes):
+    (tmp_path / "rootfs").mkdir(exist_ok=True)
+    document = {
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs"},
+        "process": {"args": ["sh"], "cwd": "/"},
+        "linux": {"namespaces": [{"type": "mount"}, {"type": "pid"}]},
+    }
+    document.update(changes)
+    (tmp_path / "config.json").write_text(json.dumps(document))
+    return str(tmp_path)
+
+
+def test_a_good_bundle_is_read_with_its_root_made_absolute(tmp_path):
+    document = load_bundle(_bundle(tmp_path))
+    assert document["root"]["path"] == str(tmp_path / "rootfs")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"ociVersion": "2.0.0"}, "ociVersion '2.0.0'"),
+        ({"ociVersion": 1}, "ociVersion must be a str"),
+        ({"root": {"path": "missing"}}, "root.path 'missing' is not a directory"),
+        ({"root": {}}, "root.path is required"),
+        ({"process": {"args": "sh", "cwd": "/"}}, "process.args must be a list"),
+        ({"process": {"args": ["sh"], "cwd": "/", "env": ["NOEQUALS"]}}, "process.env entries"),
+        ({"process": {"args": ["sh"], "cwd": "/", "user": {"uid": -1}}}, "process.user.uid"),
+        (
+            {"process": {"args": ["sh"], "cwd": "/", "rlimits": [{"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}]}},
+            "process.rlimits: unknown type 'RLIMIT_BOGUS'",
+        ),
+        ({"process": {"args": ["sh"], "cwd": "/", "terminal": True}}, "process.terminal"),
+        ({"mounts": [{"destination": "relative"}]}, "mounts[0].destination must be an absolute path"),
+        ({"hooks": {"preStart": []}}, "hooks.preStart is not a hook"),
+        ({"linux": {"namespaces": [{"type": "mount"}, {"type": "mount"}]}}, "mount is given twice"),
+        ({"linux": {"namespaces": [{"type": "mount"}, {"type": "user"}]}}, "the user namespace is not supported"),
+        ({"linux": {"namespaces": [{"type": "mount", "path": "/nonexistent/ns"}]}}, "does not exist"),
+        ({"linux": {"namespaces": [{"type": "mount"}], "sysctl": {"../x": "1"}}}, "linux.sysctl key '../x'"),
+        ({"linux": {"namespaces": [{"type": "mount"}], "rootfsPropagation": "sideways"}}, "rootfsPropagation"),
+        ({"linux": {"namespaces": [{"type": "mount"}], "cgroupsPath": "/a/../../b"}}, "linux.cgroupsPath"),
+        (
+            {"linux": {"namespaces": [{"type": "mount"}], "resources": {"hugepageLimits": [{"pageSize": "2MB"}]}}},
+            "linux.resources.hugepageLimits",
+        ),
+        ({"linux": {"namespaces": [{"type": "mount"}], "uidMappings": [{"containerID": 0}]}}, "uidMappings"),
+        ({"hostname": "h"}, "hostname is set but linux.namespaces has no uts namespace"),
+        ({"linux": None}, "linux is required"),
+    ],
+)
+def test_a_bad_config_is_refused_naming_the_field(tmp_path, changes, message):
+    with pytest.raises(OciError, match=r"config\.json") as refused:
+        load_bundle(_bundle(tmp_path, **changes))
+    assert message in str(refused.value)
+
+
+def test_a_bundle_without_config_or_with_broken_json_is_refused(tmp_path):
+    with pytest.raises(OciError, match=r"has no config\.json"):
+        load_bundle(str(tmp_path))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(OciError, match=r"config\.json"):
+        load_bundle(str(tmp_path))
