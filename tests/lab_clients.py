@@ -12,7 +12,7 @@ import pika
 import pymysql
 import requests
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 LAB_DIR = Path(__file__).resolve().parents[1] / ".lab"
 ADDRESSES = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13"}
@@ -122,7 +122,8 @@ class RedisWriter(Client):
             try:
                 cluster.set(f"{self.prefix}:{index}", index)
                 self.acknowledged.append(index)
-            except RedisError:
+            except (RedisError, RedisClusterException):
+                # RedisClusterException: no node reachable at all (every node restarting at once).
                 self.refused.append(time.monotonic())
             time.sleep(self.pause)
 

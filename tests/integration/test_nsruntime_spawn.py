@@ -77,7 +77,8 @@ def test_read_only_root_user_and_volume(debian_image, tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "in").write_text("from the host\n")
-    script = "cat /data/in; touch /x 2>/dev/null && echo writable || echo read-only; id -u; touch /data/out || true"
+    # The sleep keeps PID 1 alive while the host reads its namespaces (without it the race was lost once, under load).
+    script = "cat /data/in; touch /x 2>/dev/null && echo writable || echo read-only; id -u; touch /data/out; sleep 0.3"
     code, output, _view = run_container(
         debian_image,
         tmp_path / "c3",

@@ -471,7 +471,7 @@ def _cgroup(document, container_id):
     else:
         if not document["linux"]["cgroupsPath"].startswith("/"):
             path = "mooring-oci/" + path
-        parent, _, name = path.rpartition("/")
+        parent, name = path.rpartition("/")[::2]
     group = cgroups.detect(name, parent=parent)
     group.parent_name = parent
     return group

@@ -102,7 +102,7 @@ def run(global_options, args):
     runtime = oci.Runtime(global_options.get("--root") or oci.DEFAULT_ROOT)
     if command == "features":
         _parse(rest, positional=(0, 0))
-        print(json.dumps(oci.features(), indent=2))
+        sys.stdout.write(json.dumps(oci.features(), indent=2) + "\n")
     elif command == "create":
         options, (container_id,) = _parse(
             rest, values=(("--bundle", "-b"), ("--pid-file",), ("--console-socket",), ("--preserve-fds",)),
@@ -120,7 +120,7 @@ def run(global_options, args):
         runtime.start(container_id)
     elif command == "state":
         _options, (container_id,) = _parse(rest)
-        print(json.dumps(runtime.state(container_id), indent=2))
+        sys.stdout.write(json.dumps(runtime.state(container_id), indent=2) + "\n")
     elif command == "kill":
         options, words = _parse(rest, flags=(("--all", "-a"),), positional=(1, 2))
         runtime.kill(words[0], words[1] if len(words) > 1 else "SIGTERM", every=bool(options.get("--all")))
