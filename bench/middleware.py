@@ -315,7 +315,10 @@ def main():
     parser.add_argument("--size", type=int, default=1024, help="AMQP message size in bytes")
     parser.add_argument("--skip-rolls", action="store_true", help="leave out the rolling-upgrade comparison")
     parser.add_argument("--rolls-only", action="store_true", help="only the rolling-upgrade comparison")
+    parser.add_argument("--roll", action="append", choices=sorted(ROLLS), help="roll only this service (repeatable)")
     options = parser.parse_args()
+    for name in set(ROLLS) - set(options.roll or ROLLS):
+        del ROLLS[name]
     if options.skip_rolls and options.rolls_only:
         parser.error("--skip-rolls and --rolls-only leave nothing to measure")
     os.environ.setdefault("ANSIBLE_CONFIG", str(REPO_DIR / "ansible.cfg"))

@@ -213,6 +213,7 @@ print(json.dumps({
   "cgroup_procs": sorted(open("/sys/fs/cgroup/memory/cgroup.procs").read().split()),
   "memory": open("/sys/fs/cgroup/memory/memory.limit_in_bytes").read().strip(),
   "pids": open("/sys/fs/cgroup/pids/pids.max").read().strip(),
+  "cpu": [open(f"/sys/fs/cgroup/cpu/cpu.cfs_{k}_us").read().strip() for k in ("quota", "period")],
 }))
 """
     document = config(rootfs, ["python3", "-c", probe], hostname="probe-host")
@@ -224,7 +225,8 @@ print(json.dumps({
     )  # fmt: skip
     document["linux"]["sysctl"] = {"kernel.shmmni": "1234"}
     document["linux"]["devices"] = [{"path": "/dev/oci-null", "type": "c", "major": 1, "minor": 3, "fileMode": 438}]
-    document["linux"]["resources"].update(memory={"limit": 64 << 20}, pids={"limit": 32})
+    document["linux"]["resources"].update(memory={"limit": 64 << 20}, pids={"limit": 32},
+                                          cpu={"quota": 25000, "period": 50000})  # fmt: skip
     container_id = new_id()
     with open(tmp_path / "stdout", "w") as output:
         created = oci("create", "--bundle", bundle(tmp_path, document), container_id, stdout=output)
@@ -241,7 +243,7 @@ print(json.dumps({
     assert seen["write_proc_sys"] == "Read-only file system"
     assert seen["shmmni"] == "1234" and seen["lo_up"] is True and seen["device"] == 1
     assert seen["cgroup_procs"] == ["1"], "the cgroup mount must show the container's own cgroup"
-    assert seen["memory"] == str(64 << 20) and seen["pids"] == "32"
+    assert seen["memory"] == str(64 << 20) and seen["pids"] == "32" and seen["cpu"] == ["25000", "50000"]
     assert run(["sysctl", "-n", "kernel.shmmni"]).stdout.strip() != "1234", "the sysctl reached the host"
     assert oci("delete", container_id).returncode == 0
 

@@ -119,14 +119,20 @@ class CgroupV1:
             if os.path.exists(swap_file):
                 _write(swap_file, memory_swap if memory_swap and memory_swap > 0 else memory)
         if cpus:
-            _write(os.path.join(self.paths["cpu"], "cpu.cfs_period_us"), CPU_PERIOD_US)
-            _write(os.path.join(self.paths["cpu"], "cpu.cfs_quota_us"), int(cpus * CPU_PERIOD_US))
+            self.cpu_quota(int(cpus * CPU_PERIOD_US), CPU_PERIOD_US)
         if cpu_shares:
             _write(os.path.join(self.paths["cpu"], "cpu.shares"), cpu_shares)
         if cpuset_cpus:
             _write(os.path.join(self.paths["cpuset"], "cpuset.cpus"), cpuset_cpus)
         if pids_limit:
             _write(os.path.join(self.paths["pids"], "pids.max"), pids_limit)
+
+    def cpu_quota(self, quota, period):
+        _write(os.path.join(self.paths["cpu"], "cpu.cfs_period_us"), period)
+        _write(os.path.join(self.paths["cpu"], "cpu.cfs_quota_us"), quota)
+
+    def cpuset_mems(self, mems):
+        _write(os.path.join(self.paths["cpuset"], "cpuset.mems"), mems)
 
     def devices(self, rules):
         """The spec's linux.resources.devices, in order, as the devices controller's allow and deny lists."""
@@ -216,7 +222,7 @@ class CgroupV2:
             swap = (memory_swap - memory) if memory_swap and memory_swap > 0 else 0
             _write(self._controller_file("memory", "memory.swap.max", "memory_swap"), swap)
         if cpus:
-            _write(self._controller_file("cpu", "cpu.max", "cpus"), f"{int(cpus * CPU_PERIOD_US)} {CPU_PERIOD_US}")
+            self.cpu_quota(int(cpus * CPU_PERIOD_US), CPU_PERIOD_US)
         if cpu_shares:
             # v1 shares 2..262144 onto v2 weights 1..10000, as runc and crun map them.
             weight = 1 + ((cpu_shares - 2) * 9999) // 262142
@@ -225,6 +231,12 @@ class CgroupV2:
             _write(self._controller_file("cpuset", "cpuset.cpus", "cpuset_cpus"), cpuset_cpus)
         if pids_limit:
             _write(self._controller_file("pids", "pids.max", "pids_limit"), pids_limit)
+
+    def cpu_quota(self, quota, period):
+        _write(self._controller_file("cpu", "cpu.max", "cpus"), f"{quota} {period}")
+
+    def cpuset_mems(self, mems):
+        _write(self._controller_file("cpuset", "cpuset.mems", "cpuset_mems"), mems)
 
     def devices(self, rules):
         """The spec's linux.resources.devices as a BPF device program on the cgroup (devices.py)."""
@@ -275,11 +287,15 @@ def apply(group, resources):
     group.limit(
         memory=memory.get("limit"),
         memory_swap=memory.get("swap"),
-        cpus=cpu["quota"] / cpu["period"] if cpu.get("quota") and cpu.get("period") else None,
         cpu_shares=cpu.get("shares"),
         cpuset_cpus=cpu.get("cpus"),
         pids_limit=(resources.get("pids") or {}).get("limit"),
     )
+    # The spec's own quota and period, not their ratio over a period of the runtime's choosing.
+    if (cpu.get("quota") or 0) > 0:
+        group.cpu_quota(cpu["quota"], cpu.get("period") or CPU_PERIOD_US)
+    if cpu.get("mems"):
+        group.cpuset_mems(cpu["mems"])
     group.devices(resources.get("devices") or [])
 
 
