@@ -286,6 +286,47 @@ def test_hooks_run_in_order_with_the_state_on_stdin(oci, rootfs, tmp_path):
     assert json.loads((log / "poststop.json").read_text())["status"] == "stopped"
 
 
+def test_a_hostile_root_cannot_turn_the_bundles_mounts_onto_the_host(oci, rootfs, tmp_path):
+    """The bundle is the caller's, the root is the image's: links in the root that point at host paths (absolute,
+    and through /..) are followed inside the root, so the spec's tmpfs, bind, cgroup and device targets land
+    there, and the host directories they name stay as they were, with nothing mounted on them."""
+    host_dir = tmp_path / "host-dir"
+    host_dir.mkdir()
+    (host_dir / "keep").write_text("host\n")
+    upper, work, merged = (tmp_path / name for name in ("upper", "work", "merged"))
+    for directory in (upper, work, merged):
+        directory.mkdir()
+    mounted = run(["mount", "-t", "overlay", "overlay", "-o",
+                   f"lowerdir={rootfs},upperdir={upper},workdir={work}", str(merged)])  # fmt: skip
+    assert mounted.returncode == 0, mounted.stderr
+    try:
+        for name, target in (("scratch", str(host_dir)), ("data", "/../../../.." + str(host_dir)),
+                             ("cg", str(host_dir)), ("devs", str(host_dir))):  # fmt: skip
+            os.symlink(target, merged / name)
+        before = sorted(os.listdir(host_dir))
+        document = config(str(merged), ["sh", "-c", "touch /scratch/x /data/y; ls /cg > /dev/null"])
+        document["root"]["readonly"] = False
+        document["mounts"] += [
+            {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/data", "type": "bind", "source": str(tmp_path / "work"), "options": ["rbind"]},
+            {"destination": "/cg", "type": "cgroup", "source": "cgroup", "options": ["ro"]},
+        ]
+        document["linux"]["devices"] = [{"path": "/devs/null2", "type": "c", "major": 1, "minor": 3}]
+        container_id = new_id()
+        created = oci("create", "--bundle", bundle(tmp_path, document), container_id)
+        assert created.returncode == 0, created.stderr
+        assert oci("start", container_id).returncode == 0
+        assert wait_status(oci, container_id, "stopped")["status"] == "stopped"
+        assert oci("delete", container_id).returncode == 0
+        assert sorted(os.listdir(host_dir)) == before
+        assert (host_dir / "keep").read_text() == "host\n"
+        assert not os.path.ismount(host_dir)
+        assert str(host_dir) not in Path("/proc/self/mountinfo").read_text()
+        assert (upper / "scratch").is_symlink(), "the link itself must stay a link in the root"
+    finally:
+        run(["umount", str(merged)])
+
+
 def test_a_failing_prestart_hook_fails_create_and_leaves_nothing(oci, rootfs, tmp_path):
     document = config(rootfs, ["sleep", "300"], hooks={"prestart": [{"path": "/bin/false"}]})
     container_id = new_id()

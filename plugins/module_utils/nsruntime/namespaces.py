@@ -145,29 +145,31 @@ def _mount_cgroups(root_fd, destination, flags, document):
     from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups  # noqa: PLC0415
 
     own = document.get("mooring_cgroups") or own_cgroups()
+    # The host's hierarchies as they were before the container's mounts: a cgroup mount made inside the root
+    # (an earlier entry) must not be taken for a host hierarchy.
+    found = document.get("mooring_cgroup_mounts") or cgroups.mounts()
     in_namespace = any(ns["type"] == "cgroup" for ns in document["linux"].get("namespaces") or [])
     read_only = flags & syscalls.MS_RDONLY
     hardened = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
     target_fd = paths.open_in_root(root_fd, destination, create="dir")
     try:
         target = paths.fd_path(target_fd)
-        hierarchies = {point: options for point, (kind, options) in cgroups.mounts().items() if kind == "cgroup"}
+        hierarchies = {point: options for point, (kind, options) in found.items() if kind == "cgroup"}
         if not hierarchies and in_namespace:
             syscalls.mount("cgroup", target, "cgroup2", flags | hardened)
             return
         syscalls.mount("tmpfs", target, "tmpfs", hardened, "mode=755")
     finally:
         os.close(target_fd)
-    _bind_cgroups(root_fd, destination, read_only, hierarchies, own)
+    unified = [point for point, (kind, _o) in found.items() if kind == "cgroup2"]
+    _bind_cgroups(root_fd, destination, read_only, (hierarchies, unified), own)
 
 
-def _bind_cgroups(root_fd, destination, read_only, hierarchies, own):
+def _bind_cgroups(root_fd, destination, read_only, host, own):
     """Under the tmpfs at destination: each hierarchy's directory of the container, bound (read-only when the
     mount is); v1's directories that hold several controllers get a link per controller, as on the host."""
-    from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups  # noqa: PLC0415
-
+    hierarchies, unified = host
     hardened = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
-    unified = [point for point, (kind, _o) in cgroups.mounts().items() if kind == "cgroup2"]
     sources = []
     for point, options in hierarchies.items():
         controllers = next((key for key in own if key and set(key.split(",")) <= set(options)), None)

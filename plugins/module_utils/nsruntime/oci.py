@@ -638,6 +638,7 @@ def _init(document, record, kinds, state_dir, channels, seccomp_program):
     try:
         os.read(from_runtime, 1)  # in the cgroup now
         document["mooring_cgroups"] = namespaces.own_cgroups()
+        document["mooring_cgroup_mounts"] = cgroups.mounts()
         _namespaces(kinds)
         os.write(to_runtime, b"N")
         go = os.read(from_runtime, 5)  # the prestart and createRuntime hooks ran; PID 1's pid as the host sees it
