@@ -140,7 +140,7 @@ def report(text):
 
 
 def pytest_terminal_summary(terminalreporter):
-    lines = [
+    lines = [  # once each: a report can be listed twice (xdist hands some on again at the end of a worker)
         f"{result.nodeid.rsplit('::', 1)[-1]} ({outcome}): {value}"
         for outcome in ("passed", "failed")
         for result in terminalreporter.stats.get(outcome, [])
@@ -149,7 +149,7 @@ def pytest_terminal_summary(terminalreporter):
     ]
     if lines:
         terminalreporter.section("measured")
-        for line in lines:
+        for line in dict.fromkeys(lines):
             terminalreporter.write_line(line)
 
 
