@@ -296,8 +296,7 @@ class Runtime:
                 os.mkfifo(os.path.join(directory, "exec.fifo"), 0o600)
                 record = {
                     "id": container_id, "bundle": os.path.abspath(bundle), "pid": 0, "pid_start": 0,
-                    "annotations": document.get("annotations") or {}, "cgroup": group.path,
-                    "cgroup_parent": group.parent_name, "created": time.time(),
+                    "annotations": document.get("annotations") or {}, "created": time.time(),
                 }  # fmt: skip
                 self._spawn(document, record, directory, group)
                 write_json(os.path.join(directory, "state.json"), record)
@@ -465,16 +464,15 @@ def features():
 def _cgroup(document, container_id):
     """The cgroup at linux.cgroupsPath (absolute: from each hierarchy's root; relative: under mooring-oci/), or
     mooring-oci/ID."""
-    path = (document["linux"].get("cgroupsPath") or "").strip("/") if document["linux"].get("cgroupsPath") else ""
-    if not path:
-        parent, name = "mooring-oci", container_id
+    given = document["linux"].get("cgroupsPath") or ""
+    if not given.strip("/"):
+        path = f"mooring-oci/{container_id}"
+    elif given.startswith("/"):
+        path = given.strip("/")
     else:
-        if not document["linux"]["cgroupsPath"].startswith("/"):
-            path = "mooring-oci/" + path
-        parent, name = path.rpartition("/")[::2]
-    group = cgroups.detect(name, parent=parent)
-    group.parent_name = parent
-    return group
+        path = "mooring-oci/" + given.strip("/")
+    parent, name = path.rpartition("/")[::2]
+    return cgroups.detect(name, parent=parent)
 
 
 def _resources(document):
