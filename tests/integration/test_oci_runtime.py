@@ -5,6 +5,8 @@ a file of the test's own, and everything a container had (state, cgroup, process
 
 import json
 import os
+import select
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from conftest import REPO_DIR, run
 
 IMAGE = "mooring/debian-python:bookworm"
 CTR = [sys.executable, str(REPO_DIR / "bin" / "mooring-ctr")]
+CAPABILITY_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
 DEFAULT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL", "CAP_SETGID", "CAP_SETUID"]
 
 
@@ -173,6 +176,131 @@ def test_the_lifecycle_create_start_state_kill_delete(oci, rootfs, tmp_path):
     assert not os.path.exists(os.path.join(oci.root, container_id))
     gone = oci("state", container_id)
     assert gone.returncode != 0 and container_id in gone.stderr
+
+
+def test_exec_ps_pause_and_resume_as_containerds_shim_calls_them(oci, rootfs, tmp_path):
+    """exec --process FILE --detach --pid-file (the shim's call) runs the file's process in the container's
+    namespaces and cgroup with the file's user, cwd, env and capabilities; exec without --detach returns the
+    process's status; ps lists the cgroup's pids; pause freezes the cgroup and resume thaws it."""
+    marker = tmp_path / "out"
+    marker.mkdir()
+    marker.chmod(0o777)  # the exec'd process writes as nobody
+    document = config(rootfs, ["sleep", "300"])
+    document["mounts"].append({"destination": "/out", "type": "bind", "source": str(marker), "options": ["rbind"]})
+    container_id = new_id()
+    assert oci("create", "--bundle", bundle(tmp_path, document), container_id).returncode == 0
+    assert oci("start", container_id).returncode == 0
+    init = json.loads(oci("state", container_id).stdout)["pid"]
+    report = (
+        "id -u > /out/uid; pwd > /out/cwd; echo $GREETING > /out/env; hostname > /out/hostname; "
+        "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status > /out/status; exec sleep 300"
+    )
+    process = {
+        "args": ["sh", "-c", report], "cwd": "/usr", "env": ["PATH=/usr/bin:/bin", "GREETING=hello"],
+        "user": {"uid": 65534, "gid": 65534}, "noNewPrivileges": True,
+        "capabilities": {kind: ["CAP_KILL"] for kind in CAPABILITY_SETS},  # ambient: kept through exec as nobody
+    }  # fmt: skip
+    (tmp_path / "process.json").write_text(json.dumps(process))
+    pid_file = tmp_path / "exec.pid"
+    execed = oci("exec", "--process", str(tmp_path / "process.json"), "--detach", "--pid-file", str(pid_file),
+                 container_id)  # fmt: skip
+    assert execed.returncode == 0, execed.stderr
+    pid = int(pid_file.read_text())
+    for kind in ("pid", "mnt", "net", "ipc", "uts", "cgroup"):
+        assert os.readlink(f"/proc/{pid}/ns/{kind}") == os.readlink(f"/proc/{init}/ns/{kind}"), kind
+    assert str(pid) in Path(cgroup_dir(container_id), "cgroup.procs").read_text().split()
+    deadline = time.monotonic() + 10
+    while not (marker / "status").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (marker / "uid").read_text() == "65534\n" and (marker / "cwd").read_text() == "/usr\n"
+    assert (marker / "env").read_text() == "hello\n" and (marker / "hostname").read_text() == "oci-test\n"
+    status = dict(line.split(":\t") for line in (marker / "status").read_text().splitlines())
+    assert status == {"CapEff": "0000000000000020", "NoNewPrivs": "1"}
+
+    listed = oci("ps", "--format", "json", container_id)
+    assert listed.returncode == 0 and sorted(json.loads(listed.stdout)) == sorted([init, pid]), listed.stdout
+    assert oci("exec", container_id, "sh", "-c", "exit 7").returncode == 7
+    missing = oci("exec", container_id, "/no/such/program")
+    assert missing.returncode != 0 and "/no/such/program" in missing.stderr
+    assert sorted(json.loads(oci("ps", "--format", "json", container_id).stdout)) == sorted([init, pid])
+
+    assert oci("pause", container_id).returncode == 0
+    assert json.loads(oci("state", container_id).stdout)["status"] == "paused"
+    assert Path(cgroup_dir(container_id).replace("/memory/", "/freezer/"), "freezer.state").read_text() == "FROZEN\n"
+    refused = oci("exec", container_id, "true")
+    assert refused.returncode != 0 and "paused" in refused.stderr
+    assert oci("pause", container_id).returncode != 0, "pause of a paused container must be refused"
+    assert oci("resume", container_id).returncode == 0
+    assert json.loads(oci("state", container_id).stdout)["status"] == "running"
+    assert oci("resume", container_id).returncode != 0, "resume of a running container must be refused"
+
+    assert oci("kill", container_id, "KILL").returncode == 0
+    assert wait_status(oci, container_id, "stopped")["status"] == "stopped"
+    stopped = oci("exec", container_id, "true")
+    assert stopped.returncode != 0 and "stopped" in stopped.stderr
+    assert oci("delete", container_id).returncode == 0
+    assert not os.path.exists(f"/proc/{pid}") or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    assert not os.path.exists(cgroup_dir(container_id))
+
+
+def read_until(master, text, timeout=10):
+    """What the pty's master gives until text appears (bounded in time)."""
+    seen, deadline = b"", time.monotonic() + timeout
+    while text.encode() not in seen and time.monotonic() < deadline:
+        ready, _w, _x = select.select([master], [], [], 0.2)
+        if ready:
+            seen += os.read(master, 4096)
+    return seen.decode(errors="replace").replace("\r", "")
+
+
+def test_a_terminal_goes_to_the_console_socket(oci, rootfs, tmp_path):
+    """create --console-socket (docker run -t): a pty of the container's own devpts, its master sent to the socket
+    (SCM_RIGHTS), the slave the process's controlling terminal, stdio and /dev/console; exec --tty gets its own.
+    A terminal without a socket, or a socket without a terminal, is refused and leaves nothing."""
+    console_path = str(tmp_path / "console.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(console_path)
+    server.listen(4)
+    document = config(rootfs, ["sh", "-c", "tty; ls -l /dev/console; echo created-done; exec sleep 300"])
+    document["process"]["terminal"] = True
+    path = bundle(tmp_path, document)
+    refused = oci("create", "--bundle", path, new_id())
+    assert refused.returncode != 0 and "console-socket" in refused.stderr
+    container_id = new_id()
+    created = oci("create", "--bundle", path, "--console-socket", console_path, container_id)
+    assert created.returncode == 0, created.stderr
+    connection, _address = server.accept()
+    with connection:
+        _message, fds, _flags, _address = socket.recv_fds(connection, 1024, 1)
+    master = fds[0]
+    try:
+        assert oci("start", container_id).returncode == 0
+        shown = read_until(master, "created-done")
+        assert "/dev/pts/0\n" in shown and "136, 0" in shown, shown
+        init = json.loads(oci("state", container_id).stdout)["pid"]
+        assert os.readlink(f"/proc/{init}/fd/0") == "/dev/pts/0"
+        fields = Path(f"/proc/{init}/stat").read_text().rsplit(")", 1)[1].split()
+        assert fields[3] == str(init) and fields[4] != "0", "the process leads its session with a terminal"
+        assert os.stat(f"/proc/{init}/root/dev/pts").st_dev != os.stat("/dev/pts").st_dev
+    finally:
+        os.close(master)
+
+    report = "tty; echo exec-done; exec sleep 300"
+    execed = oci("exec", "--tty", "--console-socket", console_path, "--detach", "--pid-file",
+                 str(tmp_path / "exec.pid"), container_id, "sh", "-c", report)  # fmt: skip
+    assert execed.returncode == 0, execed.stderr
+    connection, _address = server.accept()
+    with connection:
+        _message, fds, _flags, _address = socket.recv_fds(connection, 1024, 1)
+    try:
+        assert "/dev/pts/1\nexec-done" in read_until(fds[0], "exec-done")
+    finally:
+        os.close(fds[0])
+    without = oci("exec", "--console-socket", console_path, container_id, "true")
+    assert without.returncode != 0 and "terminal is false" in without.stderr
+    server.close()
+    assert oci("delete", "--force", container_id).returncode == 0
+    assert not os.path.exists(cgroup_dir(container_id))
 
 
 def test_the_process_gets_the_runtimes_stdio_and_exits_to_stopped(oci, rootfs, tmp_path):

@@ -300,13 +300,13 @@ def _become(process, seccomp_program=None):
         _mask(capabilities.get("inheritable")),
     )  # fmt: skip
     syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
+    # The kernel keeps an ambient capability only while it is permitted and inheritable; one that is not is
+    # skipped, as runc skips it (`runc spec` itself lists ambient capabilities without inheritable ones).
+    usable = _mask(capabilities.get("permitted")) & _mask(capabilities.get("inheritable"))
     for name in capabilities.get("ambient") or []:
-        # The kernel keeps an ambient capability only while it is permitted and inheritable.
         number = spec.CAPABILITIES[name.removeprefix("CAP_")]
-        try:
+        if usable >> number & 1:
             syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_RAISE, number)
-        except OSError as exc:
-            raise OSError(exc.errno, f"process.capabilities.ambient {name}: not permitted and inheritable") from None
     if process.get("noNewPrivileges"):
         syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
     os.chdir(process.get("cwd") or "/")

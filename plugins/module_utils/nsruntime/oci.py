@@ -42,11 +42,13 @@ from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import (
     spec,
     syscalls,
 )
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci_cli import DEFAULT_ROOT
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import locked, write_json
 
 OCI_VERSION = "1.0.2"
-DEFAULT_ROOT = "/run/mooring-oci"
 CREATE_TIMEOUT = 60
+# Nothing is imported after the pivot (the host's modules are out of sight): the pty ioctls by number.
+_TIOCSPTLCK, _TIOCGPTN, _TIOCSCTTY = 0x40045431, 0x80045430, 0x540E
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 _NAMESPACE_TYPES = {
     "pid": syscalls.CLONE_NEWPID, "network": syscalls.CLONE_NEWNET, "mount": syscalls.CLONE_NEWNS,
@@ -96,8 +98,7 @@ def _check_process(process):
         if not isinstance(user.get(key, 0), int) or user.get(key, 0) < 0:
             raise OciError(f"config.json: process.user.{key} must be a number of 0 or more")
     _check_limits(process)
-    if process.get("terminal"):
-        raise OciError("config.json: process.terminal: a terminal (console socket) is not supported yet")
+    _field(process, "terminal", bool, within="process.")
 
 
 def _check_limits(process):
@@ -256,7 +257,7 @@ class Runtime:
             return "stopped"
         if os.path.exists(os.path.join(self._dir(record["id"]), "exec.fifo")):
             return "created"
-        return "running"
+        return "paused" if record.get("paused") else "running"
 
     def state(self, container_id):
         check_id(container_id)
@@ -278,12 +279,16 @@ class Runtime:
 
     # -- create ---------------------------------------------------------------------------------------------
 
-    def create(self, container_id, bundle, pid_file=None):
+    def create(self, container_id, bundle, pid_file=None, console_socket=None):
+        """With console_socket (a unix socket's path; needs process.terminal), the container's process gets a new
+        pty of the container's own devpts as its terminal and stdio, and its master goes to that socket (runc's
+        protocol: one message, the descriptor as SCM_RIGHTS)."""
         with self._locked(container_id):
             directory = self._dir(container_id)
             if os.path.exists(directory):
                 raise OciError(f"container {container_id} already exists")
             document = load_bundle(bundle)
+            _check_terminal(document.get("process") or {}, console_socket)
             try:
                 os.mkdir(directory, 0o700)
             except OSError as exc:
@@ -298,7 +303,9 @@ class Runtime:
                     "id": container_id, "bundle": os.path.abspath(bundle), "pid": 0, "pid_start": 0,
                     "annotations": document.get("annotations") or {}, "created": time.time(),
                 }  # fmt: skip
-                self._spawn(document, record, directory, group)
+                with _console(console_socket) as console:
+                    document["mooring_console"] = console
+                    self._spawn(document, record, directory, group)
                 write_json(os.path.join(directory, "state.json"), record)
                 write_json(os.path.join(directory, "config.json"), document)
                 if pid_file:
@@ -405,8 +412,8 @@ class Runtime:
         with self._locked(container_id):
             record = self._record(container_id)
             status = self._status(record)
-            if status not in ("created", "running"):
-                raise OciError(f"container {container_id} is {status}: kill needs a created or running container")
+            if status not in ("created", "running", "paused"):
+                raise OciError(f"container {container_id} is {status}: kill needs a created, running or paused one")
             targets = _cgroup(self._document(container_id), container_id).procs() if every else [record["pid"]]
             for pid in targets:
                 with contextlib.suppress(ProcessLookupError):
@@ -424,6 +431,80 @@ class Runtime:
             group.remove()
             shutil.rmtree(self._dir(container_id))
             _run_hooks(document, "poststop", _hook_state(record, "stopped"), fatal=False)
+
+    def pause(self, container_id, frozen=True):
+        """Freeze (pause) or thaw (resume) every process of the container's cgroup; runc's `paused` status."""
+        with self._locked(container_id):
+            record = self._record(container_id)
+            status = self._status(record)
+            wanted = ("running", "created") if frozen else ("paused",)
+            if status not in wanted:
+                verb = "pause needs a running" if frozen else "resume needs a paused"
+                raise OciError(f"container {container_id} is {status}: {verb} container")
+            _cgroup(self._document(container_id), container_id).freeze(frozen)
+            record["paused"] = frozen
+            write_json(os.path.join(self._dir(container_id), "state.json"), record)
+
+    def processes(self, container_id):
+        """The pids (as the host sees them) of every process in the container's cgroup."""
+        with self._locked(container_id):
+            self._record(container_id)
+            return sorted(_cgroup(self._document(container_id), container_id).procs())
+
+    def exec(self, container_id, process, pid_file=None, detach=False, console_socket=None):
+        """Run process (an OCI process object, checked as config.json's) inside a created or running container:
+        in its cgroup and namespaces, under its seccomp filter, with the runtime's own stdio. Returns once the
+        process exec'd; with detach at once (the process is the caller's subreaper's, containerd's shim), else
+        with the process's exit status once it ended."""
+        _check_process(process)
+        _check_terminal(process, console_socket)
+        with self._locked(container_id):
+            record = self._record(container_id)
+            status = self._status(record)
+            if status not in ("created", "running"):
+                raise OciError(f"container {container_id} is {status}: exec needs a created or running container")
+            document = self._document(container_id)
+            group = _cgroup(document, container_id)
+            program = seccomp.compile_filter(document["linux"]["seccomp"]) if document["linux"].get("seccomp") else None
+            kinds = [ns["type"] for ns in document["linux"].get("namespaces") or []]
+            handles = {
+                kind: os.open(f"/proc/{record['pid']}/ns/{_PROC_NS[kind]}", os.O_RDONLY | os.O_CLOEXEC)
+                for kind in _JOIN_ORDER if kind in kinds
+            }  # fmt: skip
+            status_read, status_write = os.pipe2(os.O_CLOEXEC)
+            try:
+                with _console(console_socket) as console:
+                    middle = os.fork()
+                    if middle == 0:
+                        os.close(status_read)
+                        _exec_middle(group, handles, process, program, (status_write, console), detach)
+            finally:
+                os.close(status_write)
+                for handle in handles.values():
+                    os.close(handle)
+            try:
+                message = _read_message(status_read)
+                if message[:1] != b"P":
+                    raise OciError(f"container {container_id}: exec: {_text(message)}")
+                pid = struct.unpack("i", message[1:5])[0]
+                rest = message[5:]  # the process's error may have come in the same read
+                while chunk := os.read(status_read, 4096):
+                    rest += chunk
+            finally:
+                os.close(status_read)
+            if rest[:1] == b"E":
+                os.waitpid(middle, 0)
+                raise OciError(f"container {container_id}: exec: {_text(rest)}")
+            if pid_file:
+                _write_pid_file(pid_file, pid)
+        _pid, status = os.waitpid(middle, 0)
+        return namespaces._exit_code(status)
+
+    def config(self, container_id):
+        """The container's config.json as create checked it (an error naming the container when there is none)."""
+        with self._locked(container_id):
+            self._record(container_id)
+            return self._document(container_id)
 
     def _document(self, container_id):
         with open(os.path.join(self._dir(container_id), "config.json")) as handle:
@@ -546,6 +627,60 @@ def _run_hooks(document, kind, state, fatal):
             os.write(2, (message + "\n").encode())
 
 
+def _check_terminal(process, console_socket):
+    if process.get("terminal") and not console_socket:
+        raise OciError("process.terminal is true: a --console-socket to send the terminal's master to is needed")
+    if console_socket and not process.get("terminal"):
+        raise OciError("--console-socket is given but process.terminal is false (no terminal to send)")
+
+
+@contextlib.contextmanager
+def _console(path):
+    """A connection to the console socket at path (None: no terminal); its descriptor goes on into the forks."""
+    if not path:
+        yield None
+        return
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.connect(path)
+    except OSError as exc:
+        connection.close()
+        raise OciError(f"--console-socket {path}: {exc.strerror or exc}") from None
+    try:
+        yield connection.fileno()
+    finally:
+        connection.close()
+
+
+def _take_terminal(console, process, console_path):
+    """In the container's mount namespace: a new pty from its devpts (/dev/ptmx), the master sent through the
+    console socket, the slave made this process's controlling terminal and its stdio, owned by the process's user
+    (and bound onto console_path, as runc binds /dev/console)."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+        number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, struct.pack("I", 0)))[0]
+        slave_path = f"/dev/pts/{number}"
+        slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        with socket.socket(fileno=os.dup(console)) as connection:
+            socket.send_fds(connection, [slave_path.encode()], [master])
+    finally:
+        os.close(master)
+    os.close(console)
+    user = process.get("user") or {}
+    if user.get("uid", 0) != 0:  # as runc: root keeps devpts's own group (tty); another user owns its terminal
+        os.fchown(slave, user["uid"], user.get("gid", 0))
+    if console_path:
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(console_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        syscalls.mount(slave_path, console_path, None, syscalls.MS_BIND)
+    os.setsid()
+    fcntl.ioctl(slave, _TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    os.close(slave)
+
+
 def _loopback_up():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as handle:
         request = struct.pack("16sH22x", b"lo", 0)
@@ -572,7 +707,8 @@ def _intermediate(document, record, kinds, state_dir, channels, seccomp_program)
     try:
         # Only stdio and the sync channels go on into the container: never the container's lock (PID 1 would hold
         # it for its whole life), nor anything else the caller had open.
-        _close_all_but(0, 1, 2, from_runtime, to_runtime, state_dir)
+        console = document.get("mooring_console")
+        _close_all_but(0, 1, 2, from_runtime, to_runtime, state_dir, *([] if console is None else [console]))
         if kinds.get("pid"):
             with open(kinds["pid"]) as joined:
                 syscalls.setns(joined.fileno(), syscalls.CLONE_NEWPID)
@@ -587,6 +723,44 @@ def _intermediate(document, record, kinds, state_dir, channels, seccomp_program)
         with contextlib.suppress(OSError):
             os.write(to_runtime, b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
         os._exit(1)
+
+
+_PROC_NS = {"network": "net", "ipc": "ipc", "uts": "uts", "cgroup": "cgroup", "pid": "pid", "mount": "mnt"}
+# The mount namespace last: after it, /proc/PID/ns of the host is out of sight (the handles are open already).
+_JOIN_ORDER = ("cgroup", "network", "ipc", "uts", "pid", "mount")
+
+
+def _exec_middle(group, handles, process, seccomp_program, channels, detach):
+    """exec's forked side: join the cgroup and the namespaces, fork the process into the PID namespace, tell the
+    runtime its pid, and exit (detach) or wait for it and exit with its status. Never returns."""
+    status_write, console = channels
+    try:
+        group.add(os.getpid())
+        for kind in _JOIN_ORDER:
+            if kind in handles:
+                syscalls.setns(handles[kind], _NAMESPACE_TYPES[kind])
+        child = os.fork()
+        if child == 0:
+            try:
+                if console is not None:
+                    _take_terminal(console, process, console_path=None)
+                os.chdir(process["cwd"])
+                namespaces._become(process, seccomp_program)
+                os.execvpe(process["args"][0], process["args"], namespaces._env(process))  # noqa: S606
+            except BaseException as exc:
+                with contextlib.suppress(OSError):
+                    os.write(status_write, b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
+            os._exit(127)
+        os.write(status_write, b"P" + struct.pack("i", child))
+        os.close(status_write)
+        if detach:
+            os._exit(0)
+        _pid, status = os.waitpid(child, 0)
+        os._exit(namespaces._exit_code(status))
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(status_write, b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
+        os._exit(126)
 
 
 def _namespaces(kinds):
@@ -644,6 +818,8 @@ def _init(document, record, kinds, state_dir, channels, seccomp_program):
             os._exit(1)
         record["pid"] = struct.unpack("i", go[1:])[0]
         _enter_root(document, record, kinds)
+        if document.get("mooring_console") is not None:
+            _take_terminal(document["mooring_console"], document["process"], console_path="/dev/console")
         process = document.get("process")
         os.write(to_runtime, b"R")
         os.close(to_runtime)

@@ -6,6 +6,9 @@ suite), parsed by hand: argparse costs more than the rest of a `state` call.
     mooring-ctr [--root DIR] [--log FILE] [--log-format text|json] [--debug]
                 create [--bundle DIR] [--pid-file FILE] [--console-socket SOCKET] ID
               | start ID | state ID | kill [--all] ID [SIGNAL] | delete [--force] ID | features
+              | exec [--process FILE | --cwd DIR --env K=V --user UID[:GID] --tty] [--detach] [--pid-file FILE]
+                     ID [COMMAND...]
+              | ps [--format table|json] ID | pause ID | resume ID
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ import os
 import sys
 import time
 
-COMMANDS = ("create", "start", "state", "kill", "delete", "features")
+COMMANDS = ("create", "start", "state", "kill", "delete", "features", "exec", "ps", "pause", "resume")
 _GLOBAL_VALUES = ("--root", "--log", "--log-format", "--criu", "--rootless")
 _GLOBAL_FLAGS = ("--debug", "--systemd-cgroup")
+# The docker-like command line has these too (bin/mooring-ctr): see _is_oci_call.
+_SHARED_COMMANDS = ("ps", "exec")
+DEFAULT_ROOT = "/run/mooring-oci"
 
 
 class UsageError(Exception):
@@ -42,8 +48,24 @@ def split_globals(argv):
             return None
         index += 1
     if index < len(argv) and argv[index] in COMMANDS:
+        if argv[index] in _SHARED_COMMANDS and not _is_oci_call(options, argv[index], argv[index + 1 :]):
+            return None
         return options, argv[index:]
     return None
+
+
+def _is_oci_call(options, command, rest):
+    """Whether `ps` or `exec` (which the docker-like command line has too) is the OCI runtime's: containerd's shim
+    always passes --log; an option only the OCI form has; or the ID names a container of the OCI state root."""
+    if "--log" in options:
+        return True
+    if command == "ps" and any(word.partition("=")[0] in ("--format", "-f") for word in rest):
+        return True
+    if command == "exec" and rest[:1] and rest[0].startswith("-"):
+        return True
+    words = [word for word in rest if not word.startswith("-")]
+    root = options.get("--root") or DEFAULT_ROOT
+    return bool(words) and "/" not in words[0] and os.path.exists(os.path.join(root, words[0], "state.json"))
 
 
 def _parse(args, values=(), flags=(), positional=(1, 1)):
@@ -75,6 +97,77 @@ def _parse(args, values=(), flags=(), positional=(1, 1)):
     return options, rest
 
 
+def _parse_exec(args):
+    """exec's options (--env repeats), the ID, and the command after it (its own options are its own)."""
+    values = {"--process": "--process", "-p": "--process", "--pid-file": "--pid-file", "--cwd": "--cwd",
+              "--user": "--user", "-u": "--user", "--console-socket": "--console-socket",
+              "--preserve-fds": "--preserve-fds", "--process-label": "--process-label", "--apparmor": "--apparmor",
+              "--cap": "--cap", "-c": "--cap", "--env": "--env", "-e": "--env"}  # fmt: skip
+    flags = {"--detach": "--detach", "-d": "--detach", "--tty": "--tty", "-t": "--tty",
+             "--no-new-privs": "--no-new-privs", "--ignore-paused": "--ignore-paused"}  # fmt: skip
+    options, index = {"--env": [], "--cap": []}, 0
+    while index < len(args) and args[index].startswith("-") and args[index] != "--":
+        name, has_value, value = args[index].partition("=")
+        if name in values:
+            if not has_value:
+                index += 1
+                if index >= len(args):
+                    raise UsageError(f"{name} needs a value")
+                value = args[index]
+            if values[name] in ("--env", "--cap"):
+                options[values[name]].append(value)
+            else:
+                options[values[name]] = value
+        elif name in flags:
+            options[flags[name]] = True
+        else:
+            raise UsageError(f"unknown option {name}")
+        index += 1
+    rest = args[index:]
+    if not rest:
+        raise UsageError("expected ID [COMMAND...]")
+    command = rest[1:]
+    if command[:1] == ["--"]:
+        command = command[1:]
+    return options, rest[0], command
+
+
+def _exec_process(options, command, document):
+    """The process to run: --process's file, or config.json's process with COMMAND and the options over it."""
+    if options.get("--process"):
+        if command:
+            raise UsageError("exec: give either --process FILE or a COMMAND, not both")
+        try:
+            with open(options["--process"]) as handle:
+                process = json.load(handle)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--process {options['--process']}: {exc}") from None
+        if not isinstance(process, dict):
+            raise UsageError(f"--process {options['--process']}: the document must be an OCI process object")
+        return process
+    if not command:
+        raise UsageError("exec: a COMMAND (or --process FILE) is needed")
+    process = dict(document.get("process") or {"cwd": "/", "env": []})
+    process["args"] = command
+    process["terminal"] = bool(options.get("--tty"))
+    if options.get("--cwd"):
+        process["cwd"] = options["--cwd"]
+    process["env"] = list(process.get("env") or []) + options["--env"]
+    if options.get("--user"):
+        uid, _sep, gid = options["--user"].partition(":")
+        if not uid.isdigit() or (gid and not gid.isdigit()):
+            raise UsageError(f"--user takes UID[:GID] as numbers, got {options['--user']!r}")
+        process["user"] = {"uid": int(uid), "gid": int(gid or 0)}
+    if options.get("--no-new-privs"):
+        process["noNewPrivileges"] = True
+    if options["--cap"]:
+        capabilities = {kind: list(names) for kind, names in (process.get("capabilities") or {}).items()}
+        for kind in ("bounding", "effective", "permitted", "inheritable"):
+            capabilities[kind] = sorted(set(capabilities.get(kind) or []) | set(options["--cap"]))
+        process["capabilities"] = capabilities
+    return process
+
+
 def _log(options, message):
     path = options.get("--log")
     if not path:
@@ -91,6 +184,82 @@ def _log(options, message):
         pass
 
 
+def _create(runtime, rest):
+    options, (container_id,) = _parse(
+        rest, values=(("--bundle", "-b"), ("--pid-file",), ("--console-socket",), ("--preserve-fds",)),
+        flags=(("--no-pivot",), ("--no-new-keyring",)),
+    )  # fmt: skip
+    if options.get("--no-pivot"):
+        raise UsageError("--no-pivot: this runtime always pivots into the root (chroot can be escaped)")
+    if options.get("--preserve-fds", "0") != "0":
+        raise UsageError("--preserve-fds: passing extra descriptors is not supported yet")
+    runtime.create(
+        container_id, options.get("--bundle") or os.getcwd(), options.get("--pid-file"), options.get("--console-socket")
+    )
+    return 0
+
+
+def _exec(runtime, rest):
+    options, container_id, words = _parse_exec(rest)
+    if options.get("--preserve-fds", "0") != "0":
+        raise UsageError("--preserve-fds: passing extra descriptors is not supported yet")
+    process = _exec_process(options, words, runtime.config(container_id))
+    return runtime.exec(
+        container_id, process, options.get("--pid-file"), detach=bool(options.get("--detach")),
+        console_socket=options.get("--console-socket"),
+    )  # fmt: skip
+
+
+def _ps(runtime, rest):
+    options, (container_id,) = _parse(rest, values=(("--format", "-f"),))
+    layout = options.get("--format", "table")
+    if layout not in ("table", "json"):
+        raise UsageError(f"--format takes table or json, got {layout!r}")
+    pids = runtime.processes(container_id)
+    if layout == "json":
+        sys.stdout.write(json.dumps(pids) + "\n")
+    else:
+        sys.stdout.write("PID\tCMD\n" + "".join(f"{pid}\t{_command_line(pid)}\n" for pid in pids))
+    return 0
+
+
+def _simple(call, positional=(1, 1), flags=()):
+    """A command whose options are flags and whose words go to call(runtime, options, words)."""
+
+    def command(runtime, rest):
+        options, words = _parse(rest, flags=flags, positional=positional)
+        call(runtime, options, words)
+        return 0
+
+    return command
+
+
+def _print_json(value):
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+_COMMANDS = {
+    "create": _create,
+    "exec": _exec,
+    "ps": _ps,
+    "start": _simple(lambda runtime, _options, words: runtime.start(words[0])),
+    "state": _simple(lambda runtime, _options, words: _print_json(runtime.state(words[0]))),
+    "kill": _simple(
+        lambda runtime, options, words: runtime.kill(
+            words[0], words[1] if len(words) > 1 else "SIGTERM", every=bool(options.get("--all"))
+        ),
+        positional=(1, 2),
+        flags=(("--all", "-a"),),
+    ),
+    "delete": _simple(
+        lambda runtime, options, words: runtime.delete(words[0], force=bool(options.get("--force"))),
+        flags=(("--force", "-f"),),
+    ),
+    "pause": _simple(lambda runtime, _options, words: runtime.pause(words[0], frozen=True)),
+    "resume": _simple(lambda runtime, _options, words: runtime.pause(words[0], frozen=False)),
+}
+
+
 def run(global_options, args):
     from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import oci  # noqa: PLC0415
 
@@ -99,35 +268,19 @@ def run(global_options, args):
         raise oci.OciError("--systemd-cgroup: this runtime manages cgroupfs paths only (no systemd cgroup driver)")
     if global_options.get("--log-format", "text") not in ("text", "json"):
         raise UsageError(f"--log-format takes text or json, got {global_options['--log-format']!r}")
-    runtime = oci.Runtime(global_options.get("--root") or oci.DEFAULT_ROOT)
     if command == "features":
         _parse(rest, positional=(0, 0))
-        sys.stdout.write(json.dumps(oci.features(), indent=2) + "\n")
-    elif command == "create":
-        options, (container_id,) = _parse(
-            rest, values=(("--bundle", "-b"), ("--pid-file",), ("--console-socket",), ("--preserve-fds",)),
-            flags=(("--no-pivot",), ("--no-new-keyring",)),
-        )  # fmt: skip
-        if options.get("--no-pivot"):
-            raise UsageError("--no-pivot: this runtime always pivots into the root (chroot can be escaped)")
-        if options.get("--preserve-fds", "0") != "0":
-            raise UsageError("--preserve-fds: passing extra descriptors is not supported yet")
-        if options.get("--console-socket"):
-            raise UsageError("--console-socket: a terminal is not supported yet")
-        runtime.create(container_id, options.get("--bundle") or os.getcwd(), options.get("--pid-file"))
-    elif command == "start":
-        _options, (container_id,) = _parse(rest)
-        runtime.start(container_id)
-    elif command == "state":
-        _options, (container_id,) = _parse(rest)
-        sys.stdout.write(json.dumps(runtime.state(container_id), indent=2) + "\n")
-    elif command == "kill":
-        options, words = _parse(rest, flags=(("--all", "-a"),), positional=(1, 2))
-        runtime.kill(words[0], words[1] if len(words) > 1 else "SIGTERM", every=bool(options.get("--all")))
-    elif command == "delete":
-        options, (container_id,) = _parse(rest, flags=(("--force", "-f"),))
-        runtime.delete(container_id, force=bool(options.get("--force")))
-    return 0
+        _print_json(oci.features())
+        return 0
+    return _COMMANDS[command](oci.Runtime(global_options.get("--root") or DEFAULT_ROOT), rest)
+
+
+def _command_line(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
 
 
 def main(global_options, args):
