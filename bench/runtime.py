@@ -4,12 +4,17 @@ For the same image (the lab's mooring/debian:bookworm, imported into mooring's s
 `... run --rm IMAGE /bin/true` N times each, interleaved pair by pair so that the machine's load hits all alike:
 
   docker          docker run --rm IMAGE /bin/true                        (bridge network, the daemon's path)
+  docker-mooring  docker run --rm --runtime mooring IMAGE /bin/true      (the same engine and shim, mooring's
+                                                                         runtime as roles/oci_runtime installs it)
   podman          podman run --rm --network none IMAGE /bin/true         (the daemonless peer; Debian's package)
   mooring         mooring-ctr run --rm IMAGE /bin/true                   (bridge network: netns, veth, lease)
   mooring-none    mooring-ctr run --rm --network none IMAGE /bin/true    (loopback only)
   mooring-before  the same as mooring-none from another commit (--before REF, e.g. the one before a change)
   runc, crun      run on an OCI bundle over the same overlay rootfs      (the peers: no network, no daemon)
   floor           sh: overlay mount, unshare pid/mnt/uts/ipc/net, chroot, /bin/true, umount
+
+Then where mooring's start-up time goes: the host's Python started isolated with nothing imported, the OCI
+command line's import of the runtime (`-X importtime`, the largest modules), and one `state` call.
 
 A peer that is not installed, or that refuses this host (Debian 12's crun 1.8.1 refuses a hybrid cgroup layout),
 is reported with its own words and left out of the table. Prints the medians and each one's ratio to docker.
@@ -34,6 +39,7 @@ from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import overl
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.layers import Store  # noqa: E402
 
 CTR = str(REPO_DIR / "bin" / "mooring-ctr")
+OCI_RUNTIME = "/usr/local/bin/mooring-runtime"  # roles/oci_runtime; what dockerd runs
 
 
 def refusal(argv):
@@ -79,9 +85,41 @@ def _report(results, options):
     for name, timings in results.items():
         median = statistics.median(timings)
         print(f"{name:<28}{median * 1000:>11.1f}{median / docker:>10.2f}")
+    if "docker-mooring" in results:
+        ratio = statistics.median(results["docker-mooring"]) / docker
+        print(f"docker --runtime mooring against --runtime runc (docker): {ratio:.2f}x")
     if "mooring-before" in results:
         cost = statistics.median(results["mooring-none"]) - statistics.median(results["mooring-before"])
         print(f"mooring-none against {options.before}: {cost * 1000:+.1f} ms on the median start")
+
+
+def _startup(runs):
+    """Medians (ms) of the Python floor and of one OCI call, and the largest imports of that call."""
+    python = Path(OCI_RUNTIME).read_text().split("exec ", 1)[1].split()[0] if Path(OCI_RUNTIME).exists() else None
+    if python is None:
+        print(f"start-up: {OCI_RUNTIME} is not installed (roles/oci_runtime)")
+        return
+    steps = {
+        "python -I -S -c pass": [python, "-I", "-S", "-c", "pass"],
+        "mooring-runtime features": [OCI_RUNTIME, "features"],
+    }
+    print(f"{'start-up':<28}{'median ms':>11}   ({runs} runs each)")
+    for name, argv in steps.items():
+        timings = sorted(timed(argv) for _run in range(runs))
+        print(f"{name:<28}{statistics.median(timings) * 1000:>11.1f}")
+    script = Path(OCI_RUNTIME).read_text().split("exec ", 1)[1].split()[3]
+    process = subprocess.run([python, "-I", "-S", "-X", "importtime", script, "features"], capture_output=True,
+                             text=True, check=False)  # fmt: skip
+    imports = []
+    for line in process.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            _label, own, cumulative, name = (part.strip() for part in line.split("|"))
+            if own.isdigit():
+                imports.append((int(own), int(cumulative), name))
+    total = sum(own for own, _cumulative, _name in imports)
+    print(f"imports of one call: {total / 1000:.1f} ms in {len(imports)} modules; the largest (own ms):")
+    for own, _cumulative, name in sorted(imports, reverse=True)[:8]:
+        print(f"  {own / 1000:>6.2f}  {name.strip()}")
 
 
 def _runc_bundle(work, merged):
@@ -132,6 +170,7 @@ def main():
         )
         candidates = {
             "docker": ["docker", "run", "--rm", options.image, "/bin/true"],
+            "docker-mooring": ["docker", "run", "--rm", "--runtime", "mooring", options.image, "/bin/true"],
             # runc under podman: Debian 12's crun refuses this host's hybrid cgroups (see the crun line). The
             # ulimits: podman's defaults exceed this machine's hard limits.
             "podman": ["podman", "--runtime", "runc", "run", "--rm", "--network", "none", "--ulimit",
@@ -174,6 +213,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     _report(results, options)
+    _startup(options.runs)
 
 
 if __name__ == "__main__":
