@@ -57,6 +57,7 @@ def started(lab_registry):
     for name, container_id in names:
         docker("rm", "-f", name)
         assert runtime_state(container_id) is None and not os.path.exists(os.path.join(SHIM_ROOT, container_id))
+        assert not os.path.exists(os.path.join(SHIM_ROOT, f".{container_id}.lock"))
         assert not os.path.exists(cgroup_of(container_id)), container_id
 
 

@@ -69,6 +69,8 @@ def oci(tmp_path):
         command("delete", "--force", name)
         assert not os.path.exists(cgroup_dir(name)), name
     assert not left, f"containers left by the test: {left}"
+    locks = [name for name in os.listdir(state_root) if name.endswith(".lock")] if os.path.isdir(state_root) else []
+    assert not locks, f"lock files of containers gone: {locks}"
 
 
 def cgroup_dir(container_id, parent="mooring-oci"):

@@ -10,7 +10,8 @@ import pytest
 from conftest import REPO_DIR
 
 sys.path.insert(0, str(REPO_DIR / "collections"))
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci import OciError, load_bundle, parse_signal
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci import OciError, parse_signal
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci_bundle import load_bundle
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci_cli import UsageError, _parse, split_globals
 
 

@@ -9,7 +9,6 @@ and returns the matching class; both offer the same calls, so the runtime never 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import time
@@ -309,8 +308,10 @@ def _kill_all(group, timeout=5.0):
         deadline = time.monotonic() + timeout
         while pids := group.procs():
             for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
+                try:
                     os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             if time.monotonic() > deadline:
                 raise CgroupError(f"processes {pids} of {group.path} did not die within {timeout} s")
             time.sleep(0.01)

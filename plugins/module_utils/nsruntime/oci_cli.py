@@ -13,7 +13,6 @@ suite), parsed by hand: argparse costs more than the rest of a `state` call.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -134,6 +133,8 @@ def _parse_exec(args):
 
 def _exec_process(options, command, document):
     """The process to run: --process's file, or config.json's process with COMMAND and the options over it."""
+    import json  # noqa: PLC0415 - not on the calls that need none
+
     if options.get("--process"):
         if command:
             raise UsageError("exec: give either --process FILE or a COMMAND, not both")
@@ -172,6 +173,8 @@ def _log(options, message):
     path = options.get("--log")
     if not path:
         return
+    import json  # noqa: PLC0415 - not on the calls that need none
+
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if options.get("--log-format") == "json":
         line = json.dumps({"level": "error", "msg": message, "time": now})
@@ -211,6 +214,8 @@ def _exec(runtime, rest):
 
 
 def _ps(runtime, rest):
+    import json  # noqa: PLC0415 - not on the calls that need none
+
     options, (container_id,) = _parse(rest, values=(("--format", "-f"),))
     layout = options.get("--format", "table")
     if layout not in ("table", "json"):
@@ -235,6 +240,8 @@ def _simple(call, positional=(1, 1), flags=()):
 
 
 def _print_json(value):
+    import json  # noqa: PLC0415 - not on the calls that need none
+
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 

@@ -4,35 +4,62 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import json
 import os
-import tempfile
+import time
 
 
-@contextlib.contextmanager
-def locked(path, create=True):
+class locked:  # used as a function: `with locked(path):`
     """Hold an exclusive flock on path for the block. Without create, a missing lock file's directory means
-    there is nothing to guard (check mode on a host that never ran the runtime), and no lock is taken."""
-    directory = os.path.dirname(path)
-    if not create and not os.path.isdir(directory):
-        yield
-        return
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(handle)
+    there is nothing to guard (check mode on a host that never ran the runtime), and no lock is taken. (A class,
+    not contextlib's decorator: contextlib's import is a good part of an OCI runtime call's time.)"""
+
+    def __init__(self, path, create=True):
+        self.path, self.create, self.handle = path, create, None
+
+    def __enter__(self):
+        directory = os.path.dirname(self.path)
+        if not self.create and not os.path.isdir(directory):
+            return self
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        while True:
+            handle = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                # The holder before may have removed the file (discard): then this lock guards nothing.
+                if os.fstat(handle).st_ino == os.stat(self.path).st_ino:
+                    self.handle = handle
+                    return self
+            except FileNotFoundError:
+                pass
+            except BaseException:
+                os.close(handle)
+                raise
+            os.close(handle)
+
+    def discard(self):
+        """Remove the lock file while holding it (whoever waits for it then takes a new one)."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def __exit__(self, *_exc):
+        if self.handle is not None:
+            os.close(self.handle)
+            self.handle = None
+        return False
 
 
 def write_json(path, value):
     """Replace path with value as JSON, atomically and mode 0600 (state and specs hold env values): through a
     temporary file of this writer's own beside it, so two writers never share one."""
+    import json  # noqa: PLC0415 - not on the OCI runtime's calls that write nothing
+
     directory, name = os.path.split(path)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+    # A name of this writer's own (O_EXCL), without tempfile: its import is a good part of an OCI call's time.
+    temporary = os.path.join(directory, f".{name}.{os.getpid()}.{time.monotonic_ns()}")
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(handle, "w") as output:
             # dumps, not dump: one call into the C encoder (dump to a file runs the pure-Python one).

@@ -1,0 +1,333 @@
+# Copyright: mooring developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The forked side of the OCI runtime's create and exec (oci.py holds the lifecycle and the locks).
+
+create: an intermediate process enters or makes the PID namespace and forks PID 1, then exits (PID 1 is
+reparented to the caller's subreaper, containerd's shim, or to init). PID 1 joins the cgroup before it runs
+anything, makes or joins the other namespaces, lets the runtime run the prestart and createRuntime hooks, mounts
+and pivots into the root (namespaces.py, as for every other container of this runtime), runs the createContainer
+hooks, takes its terminal when it has one, and blocks opening the state directory's exec FIFO until start.
+
+exec: a forked process joins the container's cgroup and namespaces and forks the process into its PID namespace,
+which takes its terminal, identity and limits and execs; the runtime learns its pid and whether the exec happened
+through a close-on-exec pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import struct
+import subprocess  # noqa: F401 - oci._run_hooks imports it lazily; PID 1 runs startContainer after the pivot
+
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, namespaces, seccomp, spec, syscalls
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci import (
+    OciError,
+    _close_all_but,
+    _hook_state,
+    _read_message,
+    _run_hooks,
+    _start_time,
+    _text,
+)
+
+# Nothing is imported after the pivot (the host's modules are out of sight): the pty ioctls by number.
+_TIOCSPTLCK, _TIOCGPTN, _TIOCSCTTY = 0x40045431, 0x80045430, 0x540E
+_NAMESPACE_TYPES = {
+    "pid": syscalls.CLONE_NEWPID, "network": syscalls.CLONE_NEWNET, "mount": syscalls.CLONE_NEWNS,
+    "ipc": syscalls.CLONE_NEWIPC, "uts": syscalls.CLONE_NEWUTS, "cgroup": syscalls.CLONE_NEWCGROUP,
+}  # fmt: skip
+_PROC_NS = {"network": "net", "ipc": "ipc", "uts": "uts", "cgroup": "cgroup", "pid": "pid", "mount": "mnt"}
+# The mount namespace last: after it, /proc/PID/ns of the host is out of sight (the handles are open already).
+_JOIN_ORDER = ("cgroup", "network", "ipc", "uts", "pid", "mount")
+
+
+def spawn(document, record, directory, group):
+    """Fork the intermediate and PID 1 (see the module's docstring); return PID 1's pid once it waits at the
+    FIFO. Raises OciError with PID 1's own message when it failed."""
+    seccomp_program = seccomp.compile_filter(document["linux"]["seccomp"]) if document["linux"].get("seccomp") else None
+    kinds = {ns["type"]: ns.get("path") for ns in document["linux"].get("namespaces") or []}
+    to_child_read, to_child_write = os.pipe2(os.O_CLOEXEC)
+    from_child_read, from_child_write = os.pipe2(os.O_CLOEXEC)
+    state_dir = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    intermediate = os.fork()
+    if intermediate == 0:
+        _intermediate(document, record, kinds, state_dir, (to_child_read, from_child_write), seccomp_program)
+    os.close(to_child_read)
+    os.close(from_child_write)
+    os.close(state_dir)
+    init = None
+    try:
+        os.waitpid(intermediate, 0)
+        message = _read_message(from_child_read)
+        if message[:1] != b"P":
+            raise OciError(f"container {record['id']}: {_text(message)}")
+        init = struct.unpack("i", message[1:5])[0]
+        record["pid"] = init
+        group.add(init)
+        os.write(to_child_write, b"g")
+        message = _read_message(from_child_read)
+        if message != b"N":
+            raise OciError(f"container {record['id']}: {_text(message)}")
+        started = _start_time(init)
+        if started is None or started[1]:
+            raise OciError(f"container {record['id']}: its process ended before it was ready")
+        record["pid_start"] = started[0]
+        _run_hooks(document, "prestart", _hook_state(record, "created"), fatal=True)
+        _run_hooks(document, "createRuntime", _hook_state(record, "creating"), fatal=True)
+        os.write(to_child_write, b"g" + struct.pack("i", init))
+        message = _read_message(from_child_read)
+        if message != b"R":
+            raise OciError(f"container {record['id']}: {_text(message)}")
+        return init
+    except BaseException:
+        if init:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(init, signal.SIGKILL)
+        raise
+    finally:
+        os.close(to_child_write)
+        os.close(from_child_read)
+
+
+# -- start, kill, delete --------------------------------------------------------------------------------
+
+
+def run_exec(record, document, group, process, console_socket, detach):
+    """exec's fork (Runtime.exec holds the container's lock): the forked side joins the container's cgroup and
+    namespaces and forks the process. Returns (the forked side's pid, the process's pid) once the process
+    exec'd; raises OciError with the process's own message when it did not."""
+    program = seccomp.compile_filter(document["linux"]["seccomp"]) if document["linux"].get("seccomp") else None
+    kinds = [ns["type"] for ns in document["linux"].get("namespaces") or []]
+    handles = {
+        kind: os.open(f"/proc/{record['pid']}/ns/{_PROC_NS[kind]}", os.O_RDONLY | os.O_CLOEXEC)
+        for kind in _JOIN_ORDER if kind in kinds
+    }  # fmt: skip
+    status_read, status_write = os.pipe2(os.O_CLOEXEC)
+    try:
+        with _console(console_socket) as console:
+            middle = os.fork()
+            if middle == 0:
+                os.close(status_read)
+                _exec_middle(group, handles, process, program, (status_write, console), detach)
+    finally:
+        os.close(status_write)
+        for handle in handles.values():
+            os.close(handle)
+    try:
+        message = _read_message(status_read)
+        if message[:1] != b"P":
+            raise OciError(f"container {record['id']}: exec: {_text(message)}")
+        pid = struct.unpack("i", message[1:5])[0]
+        rest = message[5:]  # the process's error may have come in the same read
+        while chunk := os.read(status_read, 4096):
+            rest += chunk
+    finally:
+        os.close(status_read)
+    if rest[:1] == b"E":
+        os.waitpid(middle, 0)
+        raise OciError(f"container {record['id']}: exec: {_text(rest)}")
+    return middle, pid
+
+
+@contextlib.contextmanager
+def _console(path):
+    """A connection to the console socket at path (None: no terminal); its descriptor goes on into the forks."""
+    if not path:
+        yield None
+        return
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.connect(path)
+    except OSError as exc:
+        connection.close()
+        raise OciError(f"--console-socket {path}: {exc.strerror or exc}") from None
+    try:
+        yield connection.fileno()
+    finally:
+        connection.close()
+
+
+def _take_terminal(console, process, console_path):
+    """In the container's mount namespace: a new pty from its devpts (/dev/ptmx), the master sent through the
+    console socket, the slave made this process's controlling terminal and its stdio, owned by the process's user
+    (and bound onto console_path, as runc binds /dev/console)."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+        number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, struct.pack("I", 0)))[0]
+        slave_path = f"/dev/pts/{number}"
+        slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        with socket.socket(fileno=os.dup(console)) as connection:
+            socket.send_fds(connection, [slave_path.encode()], [master])
+    finally:
+        os.close(master)
+    os.close(console)
+    user = process.get("user") or {}
+    if user.get("uid", 0) != 0:  # as runc: root keeps devpts's own group (tty); another user owns its terminal
+        os.fchown(slave, user["uid"], user.get("gid", 0))
+    if console_path:
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(console_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        syscalls.mount(slave_path, console_path, None, syscalls.MS_BIND)
+    os.setsid()
+    fcntl.ioctl(slave, _TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    os.close(slave)
+
+
+def _loopback_up():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as handle:
+        request = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(handle.fileno(), 0x8913, request))[1]  # SIOCGIFFLAGS
+        fcntl.ioctl(handle.fileno(), 0x8914, struct.pack("16sH22x", b"lo", flags | 0x1 | 0x40))  # SIOCSIFFLAGS
+
+
+def _find_executable(process):
+    command = process["args"][0]
+    env = namespaces._env(process)
+    if "/" in command:
+        candidates = [os.path.join(process.get("cwd") or "/", command)]
+    else:
+        candidates = [os.path.join(entry or ".", command) for entry in env.get("PATH", spec.DEFAULT_PATH).split(":")]
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return
+    raise OciError(f"process.args[0] {command!r}: no such executable in the container")
+
+
+def _intermediate(document, record, kinds, state_dir, channels, seccomp_program):
+    """Enter or make the PID namespace, fork PID 1 into it, tell the runtime its pid, exit. Never returns."""
+    from_runtime, to_runtime = channels
+    try:
+        # Only stdio and the sync channels go on into the container: never the container's lock (PID 1 would hold
+        # it for its whole life), nor anything else the caller had open.
+        console = document.get("mooring_console")
+        _close_all_but(0, 1, 2, from_runtime, to_runtime, state_dir, *([] if console is None else [console]))
+        if kinds.get("pid"):
+            with open(kinds["pid"]) as joined:
+                syscalls.setns(joined.fileno(), syscalls.CLONE_NEWPID)
+        elif "pid" in kinds:
+            syscalls.unshare(syscalls.CLONE_NEWPID)
+        init = os.fork()
+        if init == 0:
+            _init(document, record, kinds, state_dir, channels, seccomp_program)
+        os.write(to_runtime, b"P" + struct.pack("i", init))
+        os._exit(0)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(to_runtime, b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
+        os._exit(1)
+
+
+def _exec_middle(group, handles, process, seccomp_program, channels, detach):
+    """exec's forked side: join the cgroup and the namespaces, fork the process into the PID namespace, tell the
+    runtime its pid, and exit (detach) or wait for it and exit with its status. Never returns."""
+    status_write, console = channels
+    try:
+        group.add(os.getpid())
+        for kind in _JOIN_ORDER:
+            if kind in handles:
+                syscalls.setns(handles[kind], _NAMESPACE_TYPES[kind])
+        child = os.fork()
+        if child == 0:
+            try:
+                if console is not None:
+                    _take_terminal(console, process, console_path=None)
+                os.chdir(process["cwd"])
+                namespaces._become(process, seccomp_program)
+                os.execvpe(process["args"][0], process["args"], namespaces._env(process))  # noqa: S606
+            except BaseException as exc:
+                with contextlib.suppress(OSError):
+                    os.write(status_write, b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
+            os._exit(127)
+        os.write(status_write, b"P" + struct.pack("i", child))
+        os.close(status_write)
+        if detach:
+            os._exit(0)
+        _pid, status = os.waitpid(child, 0)
+        os._exit(namespaces._exit_code(status))
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(status_write, b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
+        os._exit(126)
+
+
+def _namespaces(kinds):
+    """Join (by path) or make the namespaces other than PID's, as the spec lists them; loopback up in a new
+    network namespace, as runc does."""
+    flags = 0
+    for kind in ("network", "ipc", "uts", "mount", "cgroup"):
+        if kind not in kinds:
+            continue
+        if kinds[kind]:
+            with open(kinds[kind]) as joined:
+                syscalls.setns(joined.fileno(), _NAMESPACE_TYPES[kind])
+        else:
+            flags |= _NAMESPACE_TYPES[kind]
+    syscalls.unshare(flags)
+    if "network" in kinds and not kinds["network"]:
+        _loopback_up()
+
+
+def _enter_root(document, record, kinds):
+    """Mounts, the createContainer hooks (in the container's mount namespace, before the pivot), pivot_root, the
+    root's propagation, hardening, hostname; then the process's executable looked up, so that a missing one fails
+    create rather than start."""
+    rootfs = document["root"]["path"]
+    propagation = document["linux"].get("rootfsPropagation")
+    syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    syscalls.mount(rootfs, rootfs, None, syscalls.MS_BIND | syscalls.MS_REC)
+    namespaces._mount_all(document, rootfs)
+    _run_hooks(document, "createContainer", _hook_state(record, "created"), fatal=True)
+    namespaces._pivot(rootfs)
+    if propagation:
+        syscalls.mount(None, "/", None, namespaces._PROPAGATION[propagation])
+    namespaces._harden(document)
+    if document.get("hostname") and "uts" in kinds:
+        syscalls.sethostname(document["hostname"])
+    process = document.get("process")
+    if process:
+        with contextlib.suppress(OSError):
+            os.makedirs(process["cwd"], mode=0o755, exist_ok=True)
+        os.chdir(process["cwd"])
+        _find_executable(process)
+
+
+def _init(document, record, kinds, state_dir, channels, seccomp_program):
+    """PID 1 (see the module's docstring). Never returns."""
+    from_runtime, to_runtime = channels
+    try:
+        os.read(from_runtime, 1)  # in the cgroup now
+        document["mooring_cgroups"] = namespaces.own_cgroups()
+        document["mooring_cgroup_mounts"] = cgroups.mounts()
+        _namespaces(kinds)
+        os.write(to_runtime, b"N")
+        go = os.read(from_runtime, 5)  # the prestart and createRuntime hooks ran; PID 1's pid as the host sees it
+        if len(go) != 5:
+            os._exit(1)
+        record["pid"] = struct.unpack("i", go[1:])[0]
+        _enter_root(document, record, kinds)
+        if document.get("mooring_console") is not None:
+            _take_terminal(document["mooring_console"], document["process"], console_path="/dev/console")
+        process = document.get("process")
+        os.write(to_runtime, b"R")
+        os.close(to_runtime)
+        # Blocks until start opens the FIFO. The descriptor stays open, close-on-exec, so that start reads EOF
+        # the moment the exec happened, or this process's error when it did not.
+        to_runtime = os.open("exec.fifo", os.O_WRONLY | os.O_CLOEXEC, dir_fd=state_dir)
+        os.write(to_runtime, b"0")
+        os.close(state_dir)
+        _run_hooks(document, "startContainer", _hook_state(record, "running"), fatal=True)
+        namespaces._become(process, seccomp_program)
+        os.execvpe(process["args"][0], process["args"], namespaces._env(process))  # noqa: S606
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(to_runtime, b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
+        with contextlib.suppress(OSError):
+            os.write(2, f"mooring-ctr: container {record['id']}: {exc}\n".encode())
+    os._exit(127)
