@@ -40,6 +40,8 @@ from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import overl
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.layers import Store  # noqa: E402
 
 CTR = str(REPO_DIR / "bin" / "mooring-ctr")
+# mooring-ctr as a host runs it (the oci_runtime role's command does the same): the host's Python, isolated.
+HOST_PYTHON = ["/usr/bin/python3", "-I", "-S"] if os.path.exists("/usr/bin/python3") else [sys.executable]
 OCI_RUNTIME = "/usr/local/bin/mooring-runtime"  # roles/oci_runtime; what dockerd runs
 
 
@@ -67,9 +69,9 @@ def _before(revision, image, work):
     before = work / "before"
     subprocess.run(["git", "-C", str(REPO_DIR), "worktree", "add", "--detach", str(before), revision],
                    check=True, capture_output=True)  # fmt: skip
-    ctr = [sys.executable, str(before / "bin" / "mooring-ctr"), "--root", str(work / "store-before"), "--run-dir",
+    ctr = [*HOST_PYTHON, str(before / "bin" / "mooring-ctr"), "--root", str(work / "store-before"), "--run-dir",
            str(work / "run-before")]  # fmt: skip
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(before / "plugins" / "module_utils")],
+    subprocess.run([*HOST_PYTHON, "-m", "compileall", "-q", str(before / "plugins" / "module_utils")],
                    check=True, capture_output=True)  # fmt: skip
     archive = work / "before.tar"
     subprocess.run(["docker", "save", "-o", str(archive), image], check=True)
@@ -150,11 +152,11 @@ def main():
     # As an installed collection is: byte-compiled. (An environment with PYTHONDONTWRITEBYTECODE would otherwise
     # have every mooring-ctr start compile the runtime's modules again, ~15-20 ms of each run.)
     subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", str(REPO_DIR / "plugins" / "module_utils")],
+        [*HOST_PYTHON, "-m", "compileall", "-q", str(REPO_DIR / "plugins" / "module_utils")],
         check=True, capture_output=True,
     )  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="mooring-bench-"))
-    ctr = [sys.executable, CTR, "--root", str(work / "store"), "--run-dir", str(work / "run"), "--bridge", "mooringb0",
+    ctr = [*HOST_PYTHON, CTR, "--root", str(work / "store"), "--run-dir", str(work / "run"), "--bridge", "mooringb0",
            "--subnet", "10.91.0.0/24"]  # fmt: skip
     try:
         archive = work / "image.tar"

@@ -12,7 +12,13 @@ from conftest import REPO_DIR
 sys.path.insert(0, str(REPO_DIR / "collections"))
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci import OciError, parse_signal
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci_bundle import load_bundle
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci_cli import UsageError, _parse, split_globals
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci_cli import (
+    UsageError,
+    _exec_process,
+    _parse,
+    _parse_exec,
+    split_globals,
+)
 
 
 @pytest.mark.parametrize(
@@ -131,3 +137,36 @@ def test_a_bundle_without_config_or_with_broken_json_is_refused(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(OciError, match=r"config\.json"):
         load_bundle(str(tmp_path))
+
+
+def test_exec_takes_its_options_before_the_id_and_the_command_after_it():
+    options, container_id, command = _parse_exec(
+        ["--detach", "--pid-file=/p", "-e", "A=1", "--env", "B=2", "--user", "5:6", "c1", "sh", "-c", "ls -l"]
+    )
+    assert container_id == "c1" and command == ["sh", "-c", "ls -l"]
+    assert options["--detach"] is True and options["--pid-file"] == "/p" and options["--env"] == ["A=1", "B=2"]
+    _options, _id, command = _parse_exec(["c1", "--", "ls", "-a"])
+    assert command == ["ls", "-a"]
+    for argv, message in ((["--bogus", "c1"], "unknown option --bogus"), (["--detach"], "expected ID"),
+                          (["--cwd"], "--cwd needs a value")):  # fmt: skip
+        with pytest.raises(UsageError, match=message):
+            _parse_exec(argv)
+
+
+def test_exec_builds_its_process_from_the_containers_with_the_options_over_it(tmp_path):
+    document = {"process": {"args": ["init"], "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0},
+                            "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"]}}}  # fmt: skip
+    options, _id, command = _parse_exec(["--cwd", "/srv", "-e", "X=1", "-u", "33:33", "--cap", "CAP_CHOWN", "c1", "id"])
+    process = _exec_process(options, command, document)
+    assert process["args"] == ["id"] and process["cwd"] == "/srv" and process["env"] == ["PATH=/bin", "X=1"]
+    assert process["user"] == {"uid": 33, "gid": 33} and process["terminal"] is False
+    assert process["capabilities"]["bounding"] == ["CAP_CHOWN", "CAP_KILL"]
+    assert document["process"]["args"] == ["init"], "the container's own process is not changed"
+    (tmp_path / "p.json").write_text(json.dumps({"args": ["true"], "cwd": "/"}))
+    options, _id, command = _parse_exec(["--process", str(tmp_path / "p.json"), "c1"])
+    assert _exec_process(options, command, document) == {"args": ["true"], "cwd": "/"}
+    with pytest.raises(UsageError, match="not both"):
+        _exec_process(options, ["ls"], document)
+    options, _id, command = _parse_exec(["-u", "root", "c1", "id"])
+    with pytest.raises(UsageError, match="--user takes UID"):
+        _exec_process(options, command, document)

@@ -74,7 +74,7 @@ def cmd_rmi(options):
     runtime = _runtime(options)
     with locked(os.path.join(options.root, "store.lock")):
         if not runtime.store.remove_image(options.image):
-            sys.exit(f"no such image: {options.image}")
+            raise Refused(f"no such image: {options.image}")
         runtime.store.collect_garbage()
     _say(f"Untagged: {options.image}")
 
@@ -124,7 +124,7 @@ def cmd_run(options):
     config["volatile"] = options.rm
     with runtime.lock(options.name):
         if runtime.state(options.name):
-            sys.exit(f"mooring-ctr: a container named {options.name} exists")
+            raise Refused(f"a container named {options.name} exists")
         if config["network"] == "bridge":
             network.Network.check_ports(config["published_ports"])
         runtime.create(options.name, config)
@@ -167,7 +167,7 @@ def cmd_stop(options):
     check_name(options.name)
     with runtime.lock(options.name):
         if runtime.state(options.name) is None:
-            sys.exit(f"mooring-ctr: no such container: {options.name}")
+            raise Refused(f"no such container: {options.name}")
         state = runtime.stop(options.name, options.time)
     _say(f"{options.name} exited with {state.get('exit_code')}")
 
@@ -178,9 +178,9 @@ def cmd_rm(options):
     with runtime.lock(options.name):
         state = runtime.state(options.name)
         if state is None:
-            sys.exit(f"mooring-ctr: no such container: {options.name}")
+            raise Refused(f"no such container: {options.name}")
         if state.get("status") in ("running", "paused") and not options.force:
-            sys.exit(f"mooring-ctr: {options.name} is {state['status']}: stop it first, or rm -f")
+            raise Refused(f"{options.name} is {state['status']}: stop it first, or rm -f")
         runtime.remove(options.name)
     _say(options.name)
 
@@ -264,14 +264,21 @@ def parser():
     return top
 
 
+class Refused(Exception):
+    """A call refused or failed: main() prints `mooring-ctr: <message>` and returns 1."""
+
+
 def main():
+    """The exit status of the call in sys.argv (bin/mooring-ctr exits with it)."""
     options = parser().parse_args()
     if os.geteuid() != 0:
-        sys.exit("mooring-ctr must run as root (namespaces, cgroups, mounts)")
+        _say("mooring-ctr must run as root (namespaces, cgroups, mounts)", sys.stderr)
+        return 1
     try:
         return globals()["cmd_" + options.action](options) or 0
-    except (ContainerError, ImageError, network.NetworkError, cgroups.CgroupError, OSError, ValueError) as exc:
-        sys.exit(f"mooring-ctr: {exc}")
+    except (Refused, ContainerError, ImageError, network.NetworkError, cgroups.CgroupError, OSError, ValueError) as exc:
+        _say(f"mooring-ctr: {exc}", sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import paths
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import write_json
@@ -134,6 +133,8 @@ class Store:
             return target
         if size is not None:
             self.limits.check_space(self.tmp_dir, size, what)
+        import tempfile  # noqa: PLC0415 - only a pull or an import writes; `run` reads
+
         handle, temporary = tempfile.mkstemp(dir=self.tmp_dir)
         sha = hashlib.sha256()
         written = 0
@@ -174,6 +175,7 @@ class Store:
         # Imported here, as in import_archive: `mooring-ctr run` reads the store without paying for them.
         import gzip  # noqa: PLC0415
         import tarfile  # noqa: PLC0415
+        import tempfile  # noqa: PLC0415 - only a pull or an import writes; `run` reads
 
         staging = tempfile.mkdtemp(dir=self.tmp_dir)
         try:

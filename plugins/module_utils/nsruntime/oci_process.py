@@ -21,7 +21,9 @@ import os
 import signal
 import socket
 import struct
-import subprocess  # noqa: F401 - oci._run_hooks imports it lazily; PID 1 runs startContainer after the pivot
+
+# Loaded here for oci._run_hooks' own import: PID 1 runs the startContainer hooks after its pivot.
+import subprocess  # noqa: F401  pylint: disable=unused-import
 
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, namespaces, seccomp, spec, syscalls
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci import (
