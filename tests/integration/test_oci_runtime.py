@@ -6,9 +6,11 @@ a file of the test's own, and everything a container had (state, cgroup, process
 import json
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -305,6 +307,63 @@ def test_a_terminal_goes_to_the_console_socket(oci, rootfs, tmp_path):
     assert not os.path.exists(cgroup_dir(container_id))
 
 
+@pytest.fixture
+def reachable(rootfs):
+    """A directory every user may traverse, with the shared root bound in at rootfs/: what a user namespace's root
+    (an unprivileged host user) must be able to reach, as under runc (pytest's own temporary directory is 0700)."""
+    directory = Path(tempfile.mkdtemp(prefix="mooring-userns-"))
+    directory.chmod(0o755)
+    (directory / "rootfs").mkdir()
+    bound = run(["mount", "--bind", rootfs, str(directory / "rootfs")])
+    assert bound.returncode == 0, bound.stderr
+    yield directory
+    run(["umount", str(directory / "rootfs")])
+    shutil.rmtree(directory)
+
+
+def test_a_user_namespace_maps_the_containers_root_to_an_unprivileged_host_user(oci, reachable):
+    """linux.uidMappings/gidMappings with a user namespace: root inside is host uid 100000 (what the host sees in
+    /proc), owns nothing of the host (a root-owned host directory bound in read-write stays unwritable), gets the
+    host's device nodes bound in (none can be made), and exec joins the namespace as the same root."""
+    marker, guarded = reachable / "out", reachable / "root-only"
+    for mount_point in ("out", "guarded"):  # made by the host's root: the container's may not write the image
+        (reachable / "rootfs" / mount_point).mkdir(exist_ok=True)
+    marker.mkdir()
+    marker.chmod(0o777)
+    guarded.mkdir(mode=0o755)
+    script = (
+        "id -u > /out/uid; cat /proc/self/uid_map > /out/map; (touch /guarded/x 2>/dev/null && echo wrote || "
+        "echo refused) > /out/guarded; head -c 4 /dev/zero | wc -c > /out/zero; exec sleep 300"
+    )
+    document = config(str(reachable / "rootfs"), ["sh", "-c", script])
+    document["linux"]["namespaces"].append({"type": "user"})
+    document["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    document["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    document["mounts"] += [
+        {"destination": "/out", "type": "bind", "source": str(marker), "options": ["rbind"]},
+        {"destination": "/guarded", "type": "bind", "source": str(guarded), "options": ["rbind", "rw"]},
+    ]
+    container_id = new_id()
+    created = oci("create", "--bundle", bundle(reachable, document), container_id)
+    assert created.returncode == 0, created.stderr
+    assert oci("start", container_id).returncode == 0
+    deadline = time.monotonic() + 10
+    while not (marker / "zero").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (marker / "uid").read_text() == "0\n"
+    assert (marker / "map").read_text().split() == ["0", "100000", "65536"]
+    assert (marker / "guarded").read_text() == "refused\n" and not (guarded / "x").exists()
+    assert (marker / "zero").read_text().strip() == "4"
+    init = json.loads(oci("state", container_id).stdout)["pid"]
+    host_ids = dict(line.split(":", 1) for line in Path(f"/proc/{init}/status").read_text().splitlines())
+    assert host_ids["Uid"].split()[0] == "100000" and host_ids["Gid"].split()[0] == "100000"
+    assert os.readlink(f"/proc/{init}/ns/user") != os.readlink("/proc/self/ns/user")
+    shown = oci("exec", container_id, "sh", "-c", "id -u; cat /proc/self/uid_map")
+    assert shown.returncode == 0 and shown.stdout.split() == ["0", "0", "100000", "65536"], shown.stderr
+    assert oci("delete", "--force", container_id).returncode == 0
+    assert not os.path.exists(cgroup_dir(container_id))
+
+
 def test_the_process_gets_the_runtimes_stdio_and_exits_to_stopped(oci, rootfs, tmp_path):
     container_id = new_id()
     path = bundle(tmp_path, config(rootfs, ["sh", "-c", "echo out; echo err >&2"]))
@@ -527,5 +586,5 @@ def test_features_lists_what_is_supported(oci):
     assert shown.returncode == 0, shown.stderr
     features = json.loads(shown.stdout)
     assert features["ociVersionMin"] == "1.0.0" and "poststop" in features["hooks"]
-    assert "mount" in features["linux"]["namespaces"] and "user" not in features["linux"]["namespaces"]
+    assert {"mount", "user"} <= set(features["linux"]["namespaces"]) and "time" not in features["linux"]["namespaces"]
     assert features["linux"]["cgroup"]["systemd"] is False

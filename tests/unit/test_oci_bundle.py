@@ -111,7 +111,18 @@ def test_a_good_bundle_is_read_with_its_root_made_absolute(tmp_path):
         ({"mounts": [{"destination": "relative"}]}, "mounts[0].destination must be an absolute path"),
         ({"hooks": {"preStart": []}}, "hooks.preStart is not a hook"),
         ({"linux": {"namespaces": [{"type": "mount"}, {"type": "mount"}]}}, "mount is given twice"),
-        ({"linux": {"namespaces": [{"type": "mount"}, {"type": "user"}]}}, "the user namespace is not supported"),
+        ({"linux": {"namespaces": [{"type": "mount"}, {"type": "user"}]}}, "needs both linux.uidMappings"),
+        ({"linux": {"namespaces": [{"type": "mount"}, {"type": "time"}]}}, "the time namespace is not supported"),
+        (
+            {
+                "linux": {
+                    "namespaces": [{"type": "mount"}, {"type": "user"}],
+                    "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 0}],
+                    "gidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}],
+                }
+            },
+            "linux.uidMappings[0] must have containerID, hostID and size",
+        ),
         ({"linux": {"namespaces": [{"type": "mount", "path": "/nonexistent/ns"}]}}, "does not exist"),
         ({"linux": {"namespaces": [{"type": "mount"}], "sysctl": {"../x": "1"}}}, "linux.sysctl key '../x'"),
         ({"linux": {"namespaces": [{"type": "mount"}], "rootfsPropagation": "sideways"}}, "rootfsPropagation"),

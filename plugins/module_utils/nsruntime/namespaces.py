@@ -58,11 +58,27 @@ def _options(options):
     return flags, propagation, ",".join(data) or None
 
 
-def _device(directory, name, device):
+def _device(directory, name, device, host_path):
     kind = stat.S_IFCHR if device["type"] in ("c", "u") else stat.S_IFBLK if device["type"] == "b" else stat.S_IFIFO
+    number = os.makedev(device.get("major", 0), device.get("minor", 0))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(name, dir_fd=directory)
-    os.mknod(name, kind | 0o600, os.makedev(device.get("major", 0), device.get("minor", 0)), dir_fd=directory)
+    try:
+        os.mknod(name, kind | 0o600, number, dir_fd=directory)
+    except PermissionError:
+        # In a user namespace no node can be made: the host's own node is bound in its place (runc's way), and
+        # only when it is the very device the spec names.
+        host = os.stat(host_path)
+        if stat.S_IFMT(host.st_mode) != kind or host.st_rdev != number:
+            raise PermissionError(f"{host_path}: no device node can be made in a user namespace, and the host's "
+                                  "is not the same device") from None  # fmt: skip
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=directory))
+        target = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=directory)
+        try:
+            syscalls.mount(host_path, paths.fd_path(target), None, syscalls.MS_BIND)
+        finally:
+            os.close(target)
+        return
     os.chown(name, device.get("uid", 0), device.get("gid", 0), dir_fd=directory, follow_symlinks=False)
     os.chmod(name, device.get("fileMode", 0o666), dir_fd=directory)
 
@@ -72,7 +88,9 @@ def _populate_dev(root_fd, document):
     dev = paths.open_in_root(root_fd, "/dev", flags=os.O_RDONLY | os.O_DIRECTORY)
     try:
         for path, kind, major, minor in spec.DEFAULT_DEVICES:
-            _device(dev, os.path.basename(path), {"type": kind, "major": major, "minor": minor, "fileMode": 0o666})
+            _device(
+                dev, os.path.basename(path), {"type": kind, "major": major, "minor": minor, "fileMode": 0o666}, path
+            )
         for name, target in _DEV_LINKS:
             with contextlib.suppress(FileExistsError):
                 os.symlink(target, name, dir_fd=dev)
@@ -81,7 +99,7 @@ def _populate_dev(root_fd, document):
     for device in document["linux"].get("devices") or []:
         directory, name = paths.parent(root_fd, device["path"], make_dirs=True)
         try:
-            _device(directory, name, device)
+            _device(directory, name, device, device["path"])
         finally:
             os.close(directory)
 
@@ -216,13 +234,20 @@ def _enter_rootfs(document, rootfs):
 
 
 def _pivot(rootfs):
-    """pivot_root into rootfs (a mount point by now) and detach the old root."""
-    os.chdir(rootfs)
-    os.makedirs(".mooring-old", exist_ok=True)
-    syscalls.pivot_root(".", ".mooring-old")
+    """pivot_root into rootfs (a mount point by now) and detach the old root. pivot_root(".", ".") stacks the old
+    root on the new one, so no directory is made in the image (whose root may not be writable, as in a user
+    namespace whose root is not the image's owner); the old root is then made a slave, so that its detach does
+    not propagate to the host, and detached."""
+    old_root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(rootfs)
+        syscalls.pivot_root(".", ".")
+        os.fchdir(old_root)
+    finally:
+        os.close(old_root)
+    syscalls.mount(None, ".", None, syscalls.MS_SLAVE | syscalls.MS_REC)
+    syscalls.umount(".", syscalls.MNT_DETACH)
     os.chdir("/")
-    syscalls.umount("/.mooring-old", syscalls.MNT_DETACH)
-    os.rmdir("/.mooring-old")
 
 
 def _harden(document):

@@ -174,6 +174,8 @@ class Runtime:
                 group.create()
                 cgroups.apply(group, oci_bundle.resources(document))
                 os.mkfifo(os.path.join(directory, "exec.fifo"), 0o600)
+                # PID 1 opens it as the container's root, which a user namespace maps to another host user.
+                os.chown(os.path.join(directory, "exec.fifo"), *oci_bundle.root_ids(document))
                 record = {
                     "id": container_id, "bundle": os.path.abspath(bundle), "pid": 0, "pid_start": 0,
                     "annotations": document.get("annotations") or {}, "created": time.time(),
@@ -398,7 +400,7 @@ def _read_message(handle):
     while True:
         chunk = os.read(handle, 4096)
         data += chunk
-        if not chunk or data[:1] in (b"N", b"R") or (data[:1] == b"P" and len(data) >= 5):
+        if not chunk or data[:1] in (b"N", b"R", b"U") or (data[:1] == b"P" and len(data) >= 5):
             return data
 
 

@@ -13,7 +13,7 @@ from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import names
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci import HOOK_KINDS, OciError
 
 NAMESPACE_NAMES = ("pid", "network", "mount", "ipc", "uts", "cgroup", "user", "time")
-SUPPORTED_NAMESPACES = ("pid", "network", "mount", "ipc", "uts", "cgroup")
+SUPPORTED_NAMESPACES = ("pid", "network", "mount", "ipc", "uts", "cgroup", "user")
 
 
 def _field(document, path, kind, required=False, within=""):
@@ -133,8 +133,7 @@ def _check_linux_fields(document, linux, seen):
         raise OciError("config.json: linux.namespaces must hold a mount namespace (the runtime pivots into the root)")
     if document.get("hostname") and "uts" not in seen:
         raise OciError("config.json: hostname is set but linux.namespaces has no uts namespace to set it in")
-    if _field(document, "linux.uidMappings", list) or _field(document, "linux.gidMappings", list):
-        raise OciError("config.json: linux.uidMappings/gidMappings need a user namespace, not supported yet")
+    _check_id_mappings(document, seen)
     if "sysctl" in linux:
         _field(document, "linux.sysctl", dict)
         for key in linux["sysctl"] or {}:
@@ -177,3 +176,34 @@ def resources(document):
     ]  # fmt: skip
     resources["devices"] = list(resources.get("devices") or []) + always + own
     return resources
+
+
+def _check_id_mappings(document, seen):
+    """uidMappings/gidMappings: only with a user namespace the runtime makes (one joined by path has its own),
+    and then both, each entry three numbers with a size of 1 or more."""
+    mappings = {key: _field(document, f"linux.{key}", list) or [] for key in ("uidMappings", "gidMappings")}
+    joined = any(ns.get("type") == "user" and ns.get("path") for ns in document["linux"].get("namespaces") or [])
+    if any(mappings.values()) and ("user" not in seen or joined):
+        raise OciError("config.json: linux.uidMappings/gidMappings need a user namespace that the runtime makes")
+    if "user" in seen and not joined and not all(mappings.values()):
+        raise OciError("config.json: a new user namespace needs both linux.uidMappings and linux.gidMappings")
+    for key, entries in mappings.items():
+        for index, entry in enumerate(entries):
+            values = [
+                entry.get(name) if isinstance(entry, dict) else None for name in ("containerID", "hostID", "size")
+            ]
+            if not all(isinstance(value, int) and value >= 0 for value in values) or values[2] < 1:
+                raise OciError(f"config.json: linux.{key}[{index}] must have containerID, hostID and size (1 or more)")
+
+
+def root_ids(document):
+    """The host's uid and gid of the container's root: 0, 0 unless the runtime makes a user namespace that maps
+    them elsewhere."""
+
+    def host_id(key):
+        for entry in document["linux"].get(key) or []:
+            if entry["containerID"] <= 0 < entry["containerID"] + entry["size"]:
+                return entry["hostID"] - entry["containerID"]
+        return 0
+
+    return host_id("uidMappings"), host_id("gidMappings")

@@ -41,10 +41,19 @@ _TIOCSPTLCK, _TIOCGPTN, _TIOCSCTTY = 0x40045431, 0x80045430, 0x540E
 _NAMESPACE_TYPES = {
     "pid": syscalls.CLONE_NEWPID, "network": syscalls.CLONE_NEWNET, "mount": syscalls.CLONE_NEWNS,
     "ipc": syscalls.CLONE_NEWIPC, "uts": syscalls.CLONE_NEWUTS, "cgroup": syscalls.CLONE_NEWCGROUP,
+    "user": 0x10000000,
 }  # fmt: skip
-_PROC_NS = {"network": "net", "ipc": "ipc", "uts": "uts", "cgroup": "cgroup", "pid": "pid", "mount": "mnt"}
+_PROC_NS = {
+    "user": "user",
+    "network": "net",
+    "ipc": "ipc",
+    "uts": "uts",
+    "cgroup": "cgroup",
+    "pid": "pid",
+    "mount": "mnt",
+}
 # The mount namespace last: after it, /proc/PID/ns of the host is out of sight (the handles are open already).
-_JOIN_ORDER = ("cgroup", "network", "ipc", "uts", "pid", "mount")
+_JOIN_ORDER = ("user", "cgroup", "network", "ipc", "uts", "pid", "mount")
 
 
 def spawn(document, record, directory, group):
@@ -54,17 +63,26 @@ def spawn(document, record, directory, group):
     kinds = {ns["type"]: ns.get("path") for ns in document["linux"].get("namespaces") or []}
     to_child_read, to_child_write = os.pipe2(os.O_CLOEXEC)
     from_child_read, from_child_write = os.pipe2(os.O_CLOEXEC)
-    state_dir = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    # The FIFO as a path handle and the host's /proc: PID 1 reopens the one through the other once it is in the
+    # container (where the state directory is out of reach, and out of its user's reach in a user namespace).
+    state_dir = (os.open(os.path.join(directory, "exec.fifo"), os.O_PATH | os.O_CLOEXEC),
+                 os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))  # fmt: skip
     intermediate = os.fork()
     if intermediate == 0:
         _intermediate(document, record, kinds, state_dir, (to_child_read, from_child_write), seccomp_program)
     os.close(to_child_read)
     os.close(from_child_write)
-    os.close(state_dir)
+    for handle in state_dir:
+        os.close(handle)
     init = None
     try:
-        os.waitpid(intermediate, 0)
         message = _read_message(from_child_read)
+        if message == b"U":
+            # The intermediate made the user namespace: its maps are written from here, by root of the host's.
+            _write_id_maps(intermediate, document["linux"])
+            os.write(to_child_write, b"u")
+            message = _read_message(from_child_read)
+        os.waitpid(intermediate, 0)
         if message[:1] != b"P":
             raise OciError(f"container {record['id']}: {_text(message)}")
         init = struct.unpack("i", message[1:5])[0]
@@ -209,7 +227,9 @@ def _intermediate(document, record, kinds, state_dir, channels, seccomp_program)
         # Only stdio and the sync channels go on into the container: never the container's lock (PID 1 would hold
         # it for its whole life), nor anything else the caller had open.
         console = document.get("mooring_console")
-        _close_all_but(0, 1, 2, from_runtime, to_runtime, state_dir, *([] if console is None else [console]))
+        _close_all_but(0, 1, 2, from_runtime, to_runtime, *state_dir, *([] if console is None else [console]))
+        if "user" in kinds:
+            _enter_user_namespace(kinds["user"], channels)
         if kinds.get("pid"):
             with open(kinds["pid"]) as joined:
                 syscalls.setns(joined.fileno(), syscalls.CLONE_NEWPID)
@@ -224,6 +244,33 @@ def _intermediate(document, record, kinds, state_dir, channels, seccomp_program)
         with contextlib.suppress(OSError):
             os.write(to_runtime, b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
         os._exit(1)
+
+
+def _enter_user_namespace(path, channels):
+    """Join the user namespace at path, or make one and have the runtime write its maps; then be its root (every
+    namespace made after this is owned by it)."""
+    from_runtime, to_runtime = channels
+    if path:
+        with open(path) as joined:
+            syscalls.setns(joined.fileno(), _NAMESPACE_TYPES["user"])
+    else:
+        syscalls.unshare(_NAMESPACE_TYPES["user"])
+        os.write(to_runtime, b"U")
+        if os.read(from_runtime, 1) != b"u":
+            os._exit(1)
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+
+
+def _write_id_maps(pid, linux):
+    """linux.uidMappings and gidMappings into the new user namespace of pid (containerID hostID size lines)."""
+    for kind, key in (("uid", "uidMappings"), ("gid", "gidMappings")):
+        lines = "".join(f"{entry['containerID']} {entry['hostID']} {entry['size']}\n" for entry in linux.get(key) or [])
+        try:
+            with open(f"/proc/{pid}/{kind}_map", "w") as handle:
+                handle.write(lines)
+        except OSError as exc:
+            raise OciError(f"config.json: linux.{key}: the kernel refused {lines.strip()!r}: {exc.strerror}") from None
 
 
 def _exec_middle(group, handles, process, seccomp_program, channels, detach):
@@ -321,9 +368,11 @@ def _init(document, record, kinds, state_dir, channels, seccomp_program):
         os.close(to_runtime)
         # Blocks until start opens the FIFO. The descriptor stays open, close-on-exec, so that start reads EOF
         # the moment the exec happened, or this process's error when it did not.
-        to_runtime = os.open("exec.fifo", os.O_WRONLY | os.O_CLOEXEC, dir_fd=state_dir)
+        fifo, proc = state_dir
+        to_runtime = os.open(f"self/fd/{fifo}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
         os.write(to_runtime, b"0")
-        os.close(state_dir)
+        os.close(fifo)
+        os.close(proc)
         _run_hooks(document, "startContainer", _hook_state(record, "running"), fatal=True)
         namespaces._become(process, seccomp_program)
         os.execvpe(process["args"][0], process["args"], namespaces._env(process))  # noqa: S606
