@@ -311,7 +311,7 @@ class Runtime:
             if pid_file:
                 _write_pid_file(pid_file, pid)
         _pid, status = os.waitpid(middle, 0)
-        return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+        return oci_process.namespaces._exit_code(status)
 
     def config(self, container_id):
         """The container's config.json as create checked it (an error naming the container when there is none)."""
@@ -375,16 +375,6 @@ def _cgroup(given, container_id):
         path = "mooring-oci/" + given.strip("/")
     parent, name = path.rpartition("/")[::2]
     return cgroups.detect(name, parent=parent)
-
-
-def _close_all_but(*keep):
-    for name in os.listdir("/proc/self/fd"):
-        number = int(name)
-        if number not in keep:
-            try:
-                os.close(number)
-            except OSError:
-                pass
 
 
 def _write_pid_file(path, pid):

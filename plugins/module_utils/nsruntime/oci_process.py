@@ -28,7 +28,6 @@ import subprocess  # noqa: F401  pylint: disable=unused-import
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, namespaces, seccomp, spec, syscalls
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci import (
     OciError,
-    _close_all_but,
     _hook_state,
     _read_message,
     _run_hooks,
@@ -56,6 +55,14 @@ _PROC_NS = {
 _JOIN_ORDER = ("user", "cgroup", "network", "ipc", "uts", "pid", "mount")
 
 
+def _close_all_but(*keep):
+    for name in os.listdir("/proc/self/fd"):
+        number = int(name)
+        if number not in keep:
+            with contextlib.suppress(OSError):
+                os.close(number)
+
+
 def spawn(document, record, directory, group):
     """Fork the intermediate and PID 1 (see the module's docstring); return PID 1's pid once it waits at the
     FIFO. Raises OciError with PID 1's own message when it failed."""
@@ -65,14 +72,14 @@ def spawn(document, record, directory, group):
     from_child_read, from_child_write = os.pipe2(os.O_CLOEXEC)
     # The FIFO as a path handle and the host's /proc: PID 1 reopens the one through the other once it is in the
     # container (where the state directory is out of reach, and out of its user's reach in a user namespace).
-    state_dir = (os.open(os.path.join(directory, "exec.fifo"), os.O_PATH | os.O_CLOEXEC),
+    fifo_handles = (os.open(os.path.join(directory, "exec.fifo"), os.O_PATH | os.O_CLOEXEC),
                  os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))  # fmt: skip
     intermediate = os.fork()
     if intermediate == 0:
-        _intermediate(document, record, kinds, state_dir, (to_child_read, from_child_write), seccomp_program)
+        _intermediate(document, record, kinds, fifo_handles, (to_child_read, from_child_write), seccomp_program)
     os.close(to_child_read)
     os.close(from_child_write)
-    for handle in state_dir:
+    for handle in fifo_handles:
         os.close(handle)
     init = None
     try:
@@ -220,14 +227,14 @@ def _find_executable(process):
     raise OciError(f"process.args[0] {command!r}: no such executable in the container")
 
 
-def _intermediate(document, record, kinds, state_dir, channels, seccomp_program):
+def _intermediate(document, record, kinds, fifo_handles, channels, seccomp_program):
     """Enter or make the PID namespace, fork PID 1 into it, tell the runtime its pid, exit. Never returns."""
     from_runtime, to_runtime = channels
     try:
         # Only stdio and the sync channels go on into the container: never the container's lock (PID 1 would hold
         # it for its whole life), nor anything else the caller had open.
         console = document.get("mooring_console")
-        _close_all_but(0, 1, 2, from_runtime, to_runtime, *state_dir, *([] if console is None else [console]))
+        _close_all_but(0, 1, 2, from_runtime, to_runtime, *fifo_handles, *([] if console is None else [console]))
         if "user" in kinds:
             _enter_user_namespace(kinds["user"], channels)
         if kinds.get("pid"):
@@ -237,7 +244,7 @@ def _intermediate(document, record, kinds, state_dir, channels, seccomp_program)
             syscalls.unshare(syscalls.CLONE_NEWPID)
         init = os.fork()
         if init == 0:
-            _init(document, record, kinds, state_dir, channels, seccomp_program)
+            _init(document, record, kinds, fifo_handles, channels, seccomp_program)
         os.write(to_runtime, b"P" + struct.pack("i", init))
         os._exit(0)
     except BaseException as exc:
@@ -347,7 +354,7 @@ def _enter_root(document, record, kinds):
         _find_executable(process)
 
 
-def _init(document, record, kinds, state_dir, channels, seccomp_program):
+def _init(document, record, kinds, fifo_handles, channels, seccomp_program):
     """PID 1 (see the module's docstring). Never returns."""
     from_runtime, to_runtime = channels
     try:
@@ -368,7 +375,7 @@ def _init(document, record, kinds, state_dir, channels, seccomp_program):
         os.close(to_runtime)
         # Blocks until start opens the FIFO. The descriptor stays open, close-on-exec, so that start reads EOF
         # the moment the exec happened, or this process's error when it did not.
-        fifo, proc = state_dir
+        fifo, proc = fifo_handles
         to_runtime = os.open(f"self/fd/{fifo}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
         os.write(to_runtime, b"0")
         os.close(fifo)
