@@ -72,8 +72,10 @@ def spawn(document, record, directory, group):
     from_child_read, from_child_write = os.pipe2(os.O_CLOEXEC)
     # The FIFO as a path handle and the host's /proc: PID 1 reopens the one through the other once it is in the
     # container (where the state directory is out of reach, and out of its user's reach in a user namespace).
-    fifo_handles = (os.open(os.path.join(directory, "exec.fifo"), os.O_PATH | os.O_CLOEXEC),
-                 os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))  # fmt: skip
+    fifo_handles = (
+        os.open(os.path.join(directory, "exec.fifo"), os.O_PATH | os.O_CLOEXEC),
+        os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC),
+    )
     intermediate = os.fork()
     if intermediate == 0:
         _intermediate(document, record, kinds, fifo_handles, (to_child_read, from_child_write), seccomp_program)
