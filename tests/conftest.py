@@ -1,5 +1,6 @@
 """Shared fixtures: the repository, running a module through Ansible, and the lab (up once a session)."""
 
+import contextlib
 import json
 import os
 import re
@@ -90,7 +91,52 @@ def runtime_residue(name, run_dir):
         found.append("mount")
     if os.path.exists(os.path.join(run_dir, "containers", name)):
         found.append("state")
+    if os.path.exists(os.path.join(run_dir, "oci", name)):
+        found.append("oci state")
     return found
+
+
+class OciStarted:
+    """A container that the OCI runtime (oci.Runtime) created and started from a bundle, this test's process
+    being PID 1's subreaper for as long as it runs (as a shim is): wait() gives its exit status as a shell would."""
+
+    def __init__(self, runtime, container_id, pid):
+        self.runtime, self.id, self.pid, self.code = runtime, container_id, pid, None
+
+    def wait(self):
+        if self.code is None:
+            _pid, status = os.waitpid(self.pid, 0)
+            self.code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+        return self.code
+
+
+@contextlib.contextmanager
+def oci_started(document, bundle, container_id, stdio=None):
+    """document written as bundle/config.json, created and started by the OCI runtime (its state under
+    bundle/oci), with stdio's three descriptors (else /dev/null, this process's stdout and stderr); killed if it
+    still runs and deleted at the end."""
+    sys.path.insert(0, str(REPO_DIR / "collections"))
+    from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import oci, syscalls  # noqa: PLC0415
+
+    with open(os.path.join(bundle, "config.json"), "w") as handle:
+        json.dump(document, handle)
+    runtime = oci.Runtime(os.path.join(bundle, "oci"))
+    syscalls.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+    try:
+        with open(os.devnull, "rb") as null:
+            pid = runtime.create(container_id, str(bundle), stdio=stdio or (null.fileno(), 1, 2))
+        started = OciStarted(runtime, container_id, pid)
+        try:
+            runtime.start(container_id)
+            yield started
+        finally:
+            if started.code is None:
+                with contextlib.suppress(oci.OciError):
+                    runtime.kill(container_id, "SIGKILL")
+                started.wait()
+            runtime.delete(container_id, force=True)
+    finally:
+        syscalls.prctl(36, 0)
 
 
 # Lab test files whose tests act on the whole lab (site.yml on every host, the execution environment, builds

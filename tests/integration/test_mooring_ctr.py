@@ -10,6 +10,7 @@ import tarfile
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -114,6 +115,15 @@ def test_detached_ps_exec_logs_published_port_stop_and_rm(ctr, name):
     pid, address = int(listed[0][2]), listed[0][3]
     assert address.startswith("10.92.0.")
     assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    # The container is the OCI runtime's: its own command line sees it under the run directory's state root.
+    oci_root = os.path.join(ctr.run_dir, "oci")
+    state = subprocess.run(
+        [*ctr.base[:2], "--root", oci_root, "state", name], capture_output=True, text=True, check=False
+    )
+    assert state.returncode == 0, state.stderr
+    state = json.loads(state.stdout)
+    assert (state["status"], state["pid"], state["annotations"]) == ("running", pid, {"org.mooring.image": PROBE})
+    assert json.loads(Path(state["bundle"], "config.json").read_text())["root"]["path"] == f"{state['bundle']}/merged"
 
     inside = ctr("exec", name, "cat", "/etc/hostname")
     assert (inside.returncode, inside.stdout) == (0, name + "\n"), inside.stderr

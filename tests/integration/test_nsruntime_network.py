@@ -1,10 +1,9 @@
 """The runtime's networking on this kernel, as root: a bridge, a veth and a network namespace a container, leases,
-NAT and a published port, with containers born by the runtime itself (nsruntime.namespaces) on the lab's Debian
+NAT and a published port, with containers born by the runtime itself (nsruntime.oci) on the lab's Debian
 image. Everything is torn down and checked for residue."""
 
 import contextlib
 import os
-import signal
 import socket
 import sys
 import time
@@ -13,10 +12,10 @@ import uuid
 
 import pytest
 
-from conftest import REPO_DIR, free_port, run, runtime_residue
+from conftest import REPO_DIR, free_port, oci_started, run, runtime_residue
 
 sys.path.insert(0, str(REPO_DIR / "collections"))
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import namespaces, network, overlay, spec
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import network, overlay, spec
 
 
 @pytest.fixture
@@ -42,14 +41,9 @@ def container(image, net, tmp_path, argv, published_ports=(), name=None):
         stack.callback(overlay.unmount_rootfs, str(directory))
         settings = {"image": "debian", "argv": argv, "env": {"PATH": spec.DEFAULT_PATH}, "hostname": name,
                     "network": "bridge", **spec.options_config({})}  # fmt: skip
-        helper, init = namespaces.spawn(spec.build(settings, merged, info["netns"], sorted(etc.items())), merged)
-
-        def stop():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(init, signal.SIGKILL)
-            os.waitpid(helper, 0)
-
-        stack.callback(stop)
+        stack.enter_context(
+            oci_started(spec.build(settings, merged, info["netns"], sorted(etc.items())), directory, name)
+        )
         yield {"name": name, **info}
     assert residue(net, name) == []
 

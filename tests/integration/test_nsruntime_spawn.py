@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from conftest import REPO_DIR
+from conftest import REPO_DIR, oci_started, runtime_residue
 
 sys.path.insert(0, str(REPO_DIR / "collections"))
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import namespaces, overlay, spec
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import oci, overlay, spec
 
 # Docker's default bounding set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE
 # NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
@@ -26,24 +26,31 @@ def document(merged, argv, hostname, user=None, **config):
 
 def run_container(image, container_dir, settings):
     store, record = image
+    container_dir.mkdir()
     merged = overlay.mount_rootfs(store, record, str(container_dir))
     read_end, write_end = os.pipe()
     try:
-        helper, init = namespaces.spawn(document(merged, **settings), merged, (None, write_end, write_end))
-        os.close(write_end)
-        write_end = None
-        host_view = {kind: os.readlink(f"/proc/{init}/ns/{kind}") for kind in ("pid", "net", "uts", "mnt")}
-        output = b""
-        while chunk := os.read(read_end, 65536):
-            output += chunk
-        _pid, status = os.waitpid(helper, 0)
-        return os.waitstatus_to_exitcode(status), output.decode(), host_view
+        with open(os.devnull, "rb") as null:
+            started = oci_started(
+                document(merged, **settings), container_dir, container_dir.name, (null.fileno(), write_end, write_end)
+            )
+            with started as container:
+                os.close(write_end)
+                write_end = None
+                host_view = {
+                    kind: os.readlink(f"/proc/{container.pid}/ns/{kind}") for kind in ("pid", "net", "uts", "mnt")
+                }
+                output = b""
+                while chunk := os.read(read_end, 65536):
+                    output += chunk
+                return container.wait(), output.decode(), host_view
     finally:
         os.close(read_end)
         if write_end is not None:
             os.close(write_end)
         overlay.unmount_rootfs(str(container_dir))
         assert not os.path.ismount(os.path.join(container_dir, "merged"))
+        assert runtime_residue(container_dir.name, str(container_dir)) == []
 
 
 def test_the_container_is_isolated_seen_from_inside_and_from_the_host(debian_image, tmp_path):
@@ -69,7 +76,7 @@ def test_the_container_is_isolated_seen_from_inside_and_from_the_host(debian_ima
 
 
 def test_a_failing_exec_is_reported_and_leaves_no_mount(debian_image, tmp_path):
-    with pytest.raises(OSError, match=r"did not start.*no-such-program"):
+    with pytest.raises(oci.OciError, match=r"process.args\[0\] 'no-such-program': no such executable"):
         run_container(debian_image, tmp_path / "c2", {"argv": ["no-such-program"], "hostname": "box2"})
 
 

@@ -247,6 +247,40 @@ def test_exec_ps_pause_and_resume_as_containerds_shim_calls_them(oci, rootfs, tm
     assert not os.path.exists(cgroup_dir(container_id))
 
 
+def test_a_waited_exec_holds_no_lock_and_its_stdin_ends(oci, rootfs, tmp_path):
+    """An exec that is waited for (mooring-ctr's, ns_container's) holds no lock of the container's while its
+    process runs (it did: the forked side kept the caller's lock descriptor), nor the other end of a pipe given as
+    its stdin (the process would never see EOF)."""
+    marker = tmp_path / "out"
+    marker.mkdir()
+    document = config(rootfs, ["sleep", "300"])
+    document["mounts"].append({"destination": "/out", "type": "bind", "source": str(marker), "options": ["rbind"]})
+    container_id = new_id()
+    assert oci("create", "--bundle", bundle(tmp_path, document), container_id).returncode == 0
+    assert oci("start", container_id).returncode == 0
+    held = subprocess.Popen(
+        [*CTR, "--root", oci.root, "exec", container_id, "sh", "-c", "cat > /out/stdin; touch /out/eof; exec sleep 300"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        held.stdin.write(b"to the end\n")
+        held.stdin.close()
+        deadline = time.monotonic() + 10
+        while not (marker / "eof").exists():
+            assert time.monotonic() < deadline, "the exec'd process never saw its stdin end"
+            time.sleep(0.05)
+        assert (marker / "stdin").read_bytes() == b"to the end\n"
+        # Each call below would wait for the sleep (300 s) behind a held lock: the helper's 60 s timeout fails it.
+        assert oci("pause", container_id, timeout=30).returncode == 0
+        assert oci("resume", container_id, timeout=30).returncode == 0
+    finally:
+        held.kill()
+        held.wait()
+    assert oci("kill", container_id, "KILL").returncode == 0
+    assert wait_status(oci, container_id, "stopped")["status"] == "stopped"
+    assert oci("delete", container_id).returncode == 0
+
+
 def read_until(master, text, timeout=10):
     """What the pty's master gives until text appears (bounded in time)."""
     seen, deadline = b"", time.monotonic() + timeout

@@ -7,9 +7,13 @@
                                         container.log, and the /etc files the container sees
 
 The shim is the module's own process, forked twice into a new session with its stdio on /dev/null (so Ansible
-does not wait for it): it sets up the network, mounts the rootfs, makes the cgroup, spawns PID 1 inside it, waits,
-records the exit status, undoes all of it in reverse order, and applies the restart policy. `mooring-ctr run`
-without -d is its own shim instead (run_attached): no fork, and the output reaches the terminal as it comes.
+does not wait for it): it sets up the network and mounts the rootfs, which with the container's config.json
+(spec.build) make an OCI bundle in the data directory; the OCI runtime (oci.py, state under <run_dir>/oci) then
+creates and starts the container from that bundle, as it does for containerd. The shim is PID 1's subreaper, as
+containerd's shim is: it waits for it, records the exit status, has the OCI runtime delete the container (its
+cgroup and every process left), undoes the rest in reverse order, and applies the restart policy. exec, pause and
+stop go through the OCI runtime too. `mooring-ctr run` without -d is its own shim instead (run_attached): no fork,
+and the output reaches the terminal as it comes.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import functools
 import json
 import os
 import re
+import selectors
 import shutil
 import signal
 import time
@@ -27,15 +32,19 @@ from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import (
     cgroups,
     namespaces,
     network,
+    oci,
     overlay,
-    seccomp,
     spec,
+    syscalls,
 )
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.layers import Store
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import locked, write_json
 
 NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 START_TIMEOUT = 30
+# The cgroup parent of every container (cgroups.detect's default): /mooring/<name> in each hierarchy.
+CGROUP_PARENT = "mooring"
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 class ContainerError(Exception):
@@ -102,6 +111,11 @@ class Runtime:
         self.run_dir = run_dir
         self.store = Store(root)
         self._network_settings = (os.path.join(run_dir, "network"), bridge, subnet)
+
+    @functools.cached_property
+    def oci(self):
+        """The OCI runtime that creates, starts, pauses, execs in and deletes this runtime's containers."""
+        return oci.Runtime(os.path.join(self.run_dir, "oci"))
 
     @functools.cached_property
     def network(self):
@@ -244,6 +258,8 @@ class Runtime:
         config = self.config(name)
         policy = config.get("restart_policy") or {"name": "no"}
         self.update_state(name, shim_pid=os.getpid())
+        # PID 1's parent (the OCI runtime's intermediate) exits at once: PID 1 is then this process's to wait for.
+        syscalls.prctl(_PR_SET_CHILD_SUBREAPER, 1)
         restarts = (self._read(name, "state.json") or {}).get("restart_count", 0)
         while True:
             code, error, oom = self._run_once(name, config, restarts, echo)
@@ -281,9 +297,6 @@ class Runtime:
                 etc = network.write_etc(self.data_dir(name), config["hostname"], info["ip"])
                 merged = overlay.mount_rootfs(self.store, record, self.data_dir(name), config.get("volatile", False))
                 stack.callback(overlay.unmount_rootfs, self.data_dir(name), True)
-                group = cgroups.detect(name)
-                group.create()
-                stack.callback(group.remove)
                 log = os.open(
                     os.path.join(self.data_dir(name), "container.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
                 )
@@ -297,33 +310,29 @@ class Runtime:
                 stack.callback(os.close, stdin)
                 user = spec.resolve_user(merged, config["user"])
                 document = spec.build(config, merged, info.get("netns"), sorted(etc.items()), user)
-                # The bundle's config.json: what this start applies, for exec and for anyone who asks.
-                write_json(os.path.join(self.data_dir(name), "config.json"), document)
-                cgroups.apply(group, document["linux"]["resources"])
+                # The cgroup that stop, remove and the limits' tests find by the container's name.
+                document["linux"]["cgroupsPath"] = f"/{CGROUP_PARENT}/{name}"
+                bundle = self.data_dir(name)
+                write_json(os.path.join(bundle, "config.json"), document)
+                # What a shim that died (killed, host crash) left of the last start.
+                self.oci.delete(name, force=True)
                 try:
-                    helper, init = namespaces.spawn(
-                        document, merged, (stdin, output_write, output_write), before_release=group.add,
-                        seccomp_program=self._seccomp(document),
-                    )  # fmt: skip
+                    init = self.oci.create(name, bundle, stdio=(stdin, output_write, output_write))
                 finally:
                     os.close(output_write)
+                stack.callback(self.oci.delete, name, True)
+                self.oci.start(name)
                 self.update_state(
-                    name, status="running", pid=init, helper_pid=helper, ip=info["ip"], cgroup=group.path,
+                    name, status="running", pid=init, ip=info["ip"], cgroup=cgroups.detect(name).path,
                     rootfs=merged, started_at=time.time(), restart_count=restarts, exit_code=None,
                 )  # fmt: skip
                 while chunk := os.read(output, 65536):
                     os.write(log, chunk)
                     if echo is not None:
                         os.write(echo, chunk)
-                _pid, status = os.waitpid(helper, 0)
-                code = os.waitstatus_to_exitcode(status)
-                # The helper exits 128+N when PID 1 was killed by signal N.
-                oom = group.oom_killed()
-                # Whatever PID 1 left behind in the cgroup dies with it, as in Docker.
-                for pid in group.procs():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                return code, None, oom
+                _pid, status = os.waitpid(init, 0)
+                # Read before the OCI runtime's delete removes the cgroup (which also kills what PID 1 left).
+                return namespaces._exit_code(status), None, cgroups.detect(name).oom_killed()
             except Exception as exc:
                 return 127, str(exc), False
 
@@ -335,20 +344,27 @@ class Runtime:
                 cgroups.detect(name).freeze(False)
         init = state.get("pid")
         if init and _alive(init):
-            os.kill(init, signal.SIGTERM)
+            self._kill(name, "SIGTERM")
             deadline = time.monotonic() + timeout
             while _alive(init) and time.monotonic() < deadline:
                 time.sleep(0.02)
             if _alive(init):
-                os.kill(init, signal.SIGKILL)
+                self._kill(name, "SIGKILL")
         shim = state.get("shim_pid")
         deadline = time.monotonic() + 30
         while _alive(shim) and time.monotonic() < deadline:
             time.sleep(0.02)
         return self.state(name)
 
+    def _kill(self, name, signal_name):
+        with contextlib.suppress(oci.OciError):  # it ended meanwhile
+            self.oci.kill(name, signal_name)
+
     def pause(self, name, paused=True):
-        cgroups.detect(name).freeze(paused)
+        try:
+            self.oci.pause(name, paused)
+        except oci.OciError as exc:
+            raise ContainerError(str(exc)) from None
         return self.update_state(name, status="paused" if paused else "running")
 
     def remove(self, name, timeout=10):
@@ -359,8 +375,10 @@ class Runtime:
         config = self.config(name)
         if config is None or config.get("network") == "bridge":
             self.network.teardown(name, published=config is None or bool(config.get("published_ports")))
+        with contextlib.suppress(oci.OciError, cgroups.CgroupError):
+            # A shim that died leaves its container running: the OCI runtime kills what is in its cgroup.
+            self.oci.delete(name, force=True)
         with contextlib.suppress(cgroups.CgroupError):
-            # A shim that died leaves its container's processes running: the cgroup knows them all.
             cgroups.detect(name).kill_all()
         overlay.unmount_rootfs(self.data_dir(name))
         with contextlib.suppress(cgroups.CgroupError):
@@ -391,14 +409,21 @@ class Runtime:
             # As at the start: root has the bounding set in effect, another user no capability.
             granted = process["capabilities"]["bounding"] if uid == 0 else []
             process["capabilities"] = dict(process["capabilities"], effective=granted, permitted=granted)
-        return namespaces.enter(
-            state["pid"], process, self._seccomp(document), join=cgroups.detect(name).add, stdin=stdin
-        )
-
-    def _seccomp(self, document):
-        if not document["linux"].get("seccomp"):
-            return None
-        return seccomp.cached_filter(document["linux"]["seccomp"], os.path.join(self.root, "cache", "seccomp"))
+        pipes = os.pipe(), os.pipe(), os.pipe()
+        (in_read, in_write), (out_read, out_write), (err_read, err_write) = pipes
+        try:
+            middle = self.oci.exec(name, process, stdio=(in_read, out_write, err_write), wait=False)
+        except oci.OciError as exc:
+            for fd in (in_write, out_read, err_read):
+                os.close(fd)
+            # As a shell says it (and docker exec): 127 for a program that is not there, 126 for one not run.
+            return (127 if "FileNotFoundError" in str(exc) else 126), b"", str(exc).encode()
+        finally:
+            for fd in (in_read, out_write, err_write):
+                os.close(fd)
+        stdout, stderr = _communicate(in_write, out_read, err_read, stdin)
+        _pid, status = os.waitpid(middle, 0)
+        return namespaces._exit_code(status), stdout, stderr
 
     def copy(self, name, host_fd, path, into):
         """put_file/fetch_file of the connection plugin: host_fd to path in the container (into) or back, as the
@@ -414,3 +439,35 @@ class Runtime:
         with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
             return handle.read()
         return b""
+
+
+def _communicate(stdin_fd, stdout_fd, stderr_fd, data):
+    """Feed data to stdin_fd while reading stdout_fd and stderr_fd to their ends (the three are closed)."""
+    outputs = {stdout_fd: [], stderr_fd: []}
+    with selectors.DefaultSelector() as selector:
+        if data:
+            os.set_blocking(stdin_fd, False)
+            selector.register(stdin_fd, selectors.EVENT_WRITE)
+        else:
+            os.close(stdin_fd)
+        for fd in outputs:
+            selector.register(fd, selectors.EVENT_READ)
+        view = memoryview(data)
+        while selector.get_map():
+            for key, _events in selector.select():
+                if key.fd == stdin_fd:
+                    try:
+                        view = view[os.write(stdin_fd, view[:65536]) :]
+                    except BrokenPipeError:
+                        view = view[:0]
+                    if not view:
+                        selector.unregister(stdin_fd)
+                        os.close(stdin_fd)
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if chunk:
+                    outputs[key.fd].append(chunk)
+                else:
+                    selector.unregister(key.fd)
+                    os.close(key.fd)
+    return b"".join(outputs[stdout_fd]), b"".join(outputs[stderr_fd])

@@ -1,30 +1,23 @@
 # Copyright: mooring developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Namespaces and the move into the root file system: how a process becomes a container's PID 1, exactly as an
-OCI runtime-spec document (spec.py) says.
+"""The move into a container's root file system and the process's identity, as an OCI runtime-spec document
+(spec.py, oci_bundle.py) says; oci_process.py forks PID 1 and the exec'd processes and calls these.
 
-    the caller          forks a helper, puts it in the container's cgroup, then lets it go on
-    the helper          joins the namespaces the document gives a path for (the network namespace the runtime
-                        prepared) and unshares the others, then forks: the child is PID 1 of the new PID namespace;
-                        the helper waits for it and exits with its status, so the caller's waitpid() gives the
-                        container's exit status
-    PID 1               makes every mount private, bind-mounts the root file system on itself, mounts the
-                        document's mounts (each destination resolved inside the root, paths.py, and mounted through
-                        its descriptor), fills /dev; pivot_root (not chroot, which can be escaped) and detaches the
-                        old root; writes the sysctls, masks and makes read-only runc's paths (/proc/sys among
-                        them); sets the hostname; then rlimits, the bounding set, the user, the other capability
-                        sets (inheritable and ambient empty), no_new_privs, the seccomp filter, exec
-
-Failures before exec are written to a close-on-exec pipe, so the caller learns why a container did not start.
+    mounts              every mount private, the root file system bound on itself, the document's mounts (each
+                        destination resolved inside the root, paths.py, and mounted through its descriptor), /dev
+                        filled (_mount_all); pivot_root (not chroot, which can be escaped) and the old root
+                        detached (_pivot)
+    hardening           the sysctls written, runc's paths masked and made read-only (/proc/sys among them)
+    identity            rlimits, the bounding set, the user, the other capability sets, no_new_privs, the seccomp
+                        filter (_become), just before exec
+    transfer            the connection plugin's copies in and out, inside a running container's mount namespace
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import selectors
 import stat
-import struct
 
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import paths, seccomp, spec, syscalls
 
@@ -226,13 +219,6 @@ def _bind_cgroups(root_fd, destination, read_only, host, own):
             os.close(tmpfs_fd)
 
 
-def _enter_rootfs(document, rootfs):
-    syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
-    syscalls.mount(rootfs, rootfs, None, syscalls.MS_BIND | syscalls.MS_REC)
-    _mount_all(document, rootfs)
-    _pivot(rootfs)
-
-
 def _pivot(rootfs):
     """pivot_root into rootfs (a mount point by now) and detach the old root. pivot_root(".", ".") stacks the old
     root on the new one, so no directory is made in the image (whose root may not be writable, as in a user
@@ -343,161 +329,8 @@ def _env(process):
     return dict(item.split("=", 1) for item in process.get("env") or [] if "=" in item)
 
 
-def _init(document, rootfs, stdio, errors, seccomp_program):
-    """PID 1 of the new namespaces: never returns."""
-    try:
-        _enter_rootfs(document, rootfs)
-        _harden(document)
-        if document.get("hostname") and any(ns["type"] == "uts" for ns in document["linux"]["namespaces"]):
-            syscalls.sethostname(document["hostname"])
-        for fd, target in zip((0, 1, 2), stdio):
-            if target is not None:
-                os.dup2(target, fd)
-        process = document["process"]
-        _become(process, seccomp_program)
-        os.execvpe(process["args"][0], process["args"], _env(process))  # noqa: S606 - the container's command
-    except BaseException as exc:
-        message = f"{type(exc).__name__}: {exc}".encode()
-        os.write(errors, message[:4000])
-    os._exit(127)
-
-
-_NAMESPACE_FLAGS = {"mount": syscalls.CLONE_NEWNS, "uts": syscalls.CLONE_NEWUTS, "ipc": syscalls.CLONE_NEWIPC,
-                    "pid": syscalls.CLONE_NEWPID, "network": syscalls.CLONE_NEWNET,
-                    "cgroup": syscalls.CLONE_NEWCGROUP}  # fmt: skip
-
-
-def _helper(document, rootfs, stdio, go_read, pid_write, errors_write, seccomp_program):
-    """The forked helper: wait for the go, join or unshare the namespaces, fork PID 1, report its pid, wait for
-    it. Never returns."""
-    try:
-        os.read(go_read, 1)
-        flags = 0
-        for namespace in document["linux"]["namespaces"]:
-            if namespace.get("path"):
-                with open(namespace["path"]) as joined:
-                    syscalls.setns(joined.fileno(), _NAMESPACE_FLAGS[namespace["type"]])
-            else:
-                flags |= _NAMESPACE_FLAGS[namespace["type"]]
-        syscalls.unshare(flags)
-        init = os.fork()
-        if init == 0:
-            os.close(pid_write)
-            _init(document, rootfs, stdio, errors_write, seccomp_program)
-        os.close(errors_write)
-        os.write(pid_write, struct.pack("i", init))
-        os.close(pid_write)
-        _pid, status = os.waitpid(init, 0)
-        os._exit(_exit_code(status))
-    except BaseException as exc:
-        os.write(errors_write, f"{type(exc).__name__}: {exc}".encode()[:4000])
-        os._exit(127)
-
-
-def spawn(document, rootfs, stdio=(None, None, None), before_release=None, seccomp_program=None):
-    """Start a container's PID 1 as the OCI document says, on rootfs (its root.path, made absolute), with stdio
-    (fds or None). Returns (helper pid, init pid as the host sees it); waitpid(helper) gives the container's exit
-    status. before_release(helper pid) runs while the helper waits - the moment to put it in the container's
-    cgroup, so that every process of the container is born inside it. seccomp_program: the document's filter
-    compiled (seccomp.cached_filter); built here when not given."""
-    if seccomp_program is None and document["linux"].get("seccomp"):
-        seccomp_program = seccomp.compile_filter(document["linux"]["seccomp"])
-    errors_read, errors_write = os.pipe2(os.O_CLOEXEC)
-    go_read, go_write = os.pipe2(os.O_CLOEXEC)
-    pid_read, pid_write = os.pipe2(os.O_CLOEXEC)
-    helper = os.fork()
-    if helper == 0:
-        os.close(errors_read)
-        os.close(go_write)
-        os.close(pid_read)
-        _helper(document, rootfs, stdio, go_read, pid_write, errors_write, seccomp_program)
-    os.close(errors_write)
-    os.close(go_read)
-    os.close(pid_write)
-    try:
-        if before_release:
-            before_release(helper)
-    except BaseException:
-        os.kill(helper, 9)
-        os.waitpid(helper, 0)
-        raise
-    finally:
-        os.write(go_write, b"g")
-        os.close(go_write)
-    raw = os.read(pid_read, 4)
-    os.close(pid_read)
-    message = b""
-    while chunk := os.read(errors_read, 4096):
-        message += chunk
-    os.close(errors_read)
-    if message or len(raw) != 4:
-        os.waitpid(helper, 0)
-        raise OSError(f"the container did not start: {message.decode(errors='replace') or 'no init'}")
-    return helper, struct.unpack("i", raw)[0]
-
-
 def _exit_code(status):
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
-
-
-def _enter_child(handles, root, stdio, process, seccomp_program, join):
-    """The forked side of enter(): join, setns, chroot, fork into the PID namespace, become, exec. Never returns."""
-    argv = process["args"]
-    try:
-        if join:
-            join(os.getpid())
-        for kind in ("ipc", "uts", "net", "pid", "mnt"):
-            syscalls.setns(handles[kind], 0)
-        os.fchdir(root)
-        os.chroot(".")
-        grandchild = os.fork()
-        if grandchild == 0:
-            try:
-                for source, target in zip(stdio, (0, 1, 2)):
-                    os.dup2(source, target)
-                _become(process, seccomp_program)
-                os.execvpe(argv[0], argv, _env(process))  # noqa: S606 - running the command inside is the point
-            except BaseException as exc:
-                os.write(2, f"exec {argv[0]}: {exc}\n".encode())
-            os._exit(127)
-        _pid, status = os.waitpid(grandchild, 0)
-        os._exit(_exit_code(status))
-    except BaseException as exc:
-        os.write(stdio[2], f"cannot enter the container: {exc}\n".encode())
-        os._exit(126)
-
-
-def enter(init_pid, process, seccomp_program=None, join=None, stdin=b""):
-    """Run an OCI process (args, env, cwd, user, capabilities, rlimits, noNewPrivileges) inside a running
-    container (docker exec): setns into PID 1's IPC, UTS, net, PID and mount namespaces, its root, its cgroup
-    (join(pid)), under the container's seccomp filter (compiled); return (exit code, stdout, stderr)."""
-    kinds = ("ipc", "uts", "net", "pid", "mnt")
-    handles = {kind: os.open(f"/proc/{init_pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in kinds}
-    root = os.open(f"/proc/{init_pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    (in_read, in_write), (out_read, out_write), (err_read, err_write) = os.pipe(), os.pipe(), os.pipe()
-    child = os.fork()
-    if child == 0:
-        for fd in (in_write, out_read, err_read):
-            os.close(fd)
-        _enter_child(handles, root, (in_read, out_write, err_write), process, seccomp_program, join)
-    for fd in (in_read, out_write, err_write, root, *handles.values()):
-        os.close(fd)
-    with os.fdopen(in_write, "wb") as feed, contextlib.suppress(BrokenPipeError):
-        feed.write(stdin)
-    outputs = {out_read: b"", err_read: b""}
-    with selectors.DefaultSelector() as selector:
-        for fd in outputs:
-            selector.register(fd, selectors.EVENT_READ)
-        while selector.get_map():
-            for key, _events in selector.select():
-                chunk = os.read(key.fd, 65536)
-                if chunk:
-                    outputs[key.fd] += chunk
-                else:
-                    selector.unregister(key.fd)
-                    os.close(key.fd)
-    _pid, status = os.waitpid(child, 0)
-    return _exit_code(status), outputs[out_read], outputs[err_read]
 
 
 def transfer(init_pid, host_fd, path, into, user=(0, 0)):

@@ -152,10 +152,11 @@ class Runtime:
 
     # -- create ---------------------------------------------------------------------------------------------
 
-    def create(self, container_id, bundle, pid_file=None, console_socket=None):
+    def create(self, container_id, bundle, pid_file=None, console_socket=None, stdio=None):
         """With console_socket (a unix socket's path; needs process.terminal), the container's process gets a new
         pty of the container's own devpts as its terminal and stdio, and its master goes to that socket (runc's
-        protocol: one message, the descriptor as SCM_RIGHTS)."""
+        protocol: one message, the descriptor as SCM_RIGHTS). stdio: three descriptors that become the process's
+        stdin, stdout and stderr (the OCI command line passes its own). Returns PID 1's pid."""
         from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import oci_bundle, oci_process  # noqa: PLC0415
 
         with self._locked(container_id):
@@ -187,11 +188,12 @@ class Runtime:
                 }  # fmt: skip
                 with oci_process._console(console_socket) as console:
                     document["mooring_console"] = console
-                    oci_process.spawn(document, record, directory, group)
+                    oci_process.spawn(document, record, directory, group, stdio)
                 write_json(os.path.join(directory, "config.json"), document)
                 self._save(record)
                 if pid_file:
                     _write_pid_file(pid_file, record["pid"])
+                return record["pid"]
             except BaseException:
                 if group is not None:
                     for undo in (group.kill_all, group.remove):
@@ -291,11 +293,12 @@ class Runtime:
             record = self._record(container_id)
             return sorted(_cgroup(record["cgroupsPath"], container_id).procs())
 
-    def exec(self, container_id, process, pid_file=None, detach=False, console_socket=None):
+    def exec(self, container_id, process, pid_file=None, detach=False, console_socket=None, stdio=None, wait=True):
         """Run process (an OCI process object, checked as config.json's) inside a created or running container:
-        in its cgroup and namespaces, under its seccomp filter, with the runtime's own stdio. Returns once the
-        process exec'd; with detach at once (the process is the caller's subreaper's, containerd's shim), else
-        with the process's exit status once it ended."""
+        in its cgroup and namespaces, under its seccomp filter, with the runtime's own stdio or stdio's three
+        descriptors. Returns once the process exec'd; with detach at once (the process is the caller's subreaper's,
+        containerd's shim), else with the process's exit status once it ended; without wait, the pid of the
+        process that ends with that status (for a caller that has pipes to pump meanwhile)."""
         from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import oci_bundle, oci_process  # noqa: PLC0415
 
         oci_bundle.check_process(process)
@@ -307,9 +310,11 @@ class Runtime:
                 raise OciError(f"container {container_id} is {status}: exec needs a created or running container")
             document = self._document(container_id)
             group = _cgroup(record["cgroupsPath"], container_id)
-            middle, pid = oci_process.run_exec(record, document, group, process, console_socket, detach)
+            middle, pid = oci_process.run_exec(record, document, group, process, console_socket, detach, stdio)
             if pid_file:
                 _write_pid_file(pid_file, pid)
+        if not wait:
+            return middle
         _pid, status = os.waitpid(middle, 0)
         return oci_process.namespaces._exit_code(status)
 

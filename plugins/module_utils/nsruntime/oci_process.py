@@ -55,6 +55,16 @@ _PROC_NS = {
 _JOIN_ORDER = ("user", "cgroup", "network", "ipc", "uts", "pid", "mount")
 
 
+def _take_stdio(stdio):
+    """In a forked child: the descriptors of stdio (or None) become its 0, 1 and 2."""
+    if stdio is None:
+        return
+    copies = [os.dup(fd) for fd in stdio]  # a source may itself be 0, 1 or 2
+    for target, copy in enumerate(copies):
+        os.dup2(copy, target)
+        os.close(copy)
+
+
 def _close_all_but(*keep):
     for name in os.listdir("/proc/self/fd"):
         number = int(name)
@@ -63,9 +73,10 @@ def _close_all_but(*keep):
                 os.close(number)
 
 
-def spawn(document, record, directory, group):
+def spawn(document, record, directory, group, stdio=None):
     """Fork the intermediate and PID 1 (see the module's docstring); return PID 1's pid once it waits at the
-    FIFO. Raises OciError with PID 1's own message when it failed."""
+    FIFO. stdio: three descriptors for the process's stdin, stdout and stderr (else the runtime's own). Raises
+    OciError with PID 1's own message when it failed."""
     seccomp_program = seccomp.compile_filter(document["linux"]["seccomp"]) if document["linux"].get("seccomp") else None
     kinds = {ns["type"]: ns.get("path") for ns in document["linux"].get("namespaces") or []}
     to_child_read, to_child_write = os.pipe2(os.O_CLOEXEC)
@@ -78,6 +89,7 @@ def spawn(document, record, directory, group):
     )
     intermediate = os.fork()
     if intermediate == 0:
+        _take_stdio(stdio)
         _intermediate(document, record, kinds, fifo_handles, (to_child_read, from_child_write), seccomp_program)
     os.close(to_child_read)
     os.close(from_child_write)
@@ -125,10 +137,10 @@ def spawn(document, record, directory, group):
 # -- start, kill, delete --------------------------------------------------------------------------------
 
 
-def run_exec(record, document, group, process, console_socket, detach):
+def run_exec(record, document, group, process, console_socket, detach, stdio=None):
     """exec's fork (Runtime.exec holds the container's lock): the forked side joins the container's cgroup and
-    namespaces and forks the process. Returns (the forked side's pid, the process's pid) once the process
-    exec'd; raises OciError with the process's own message when it did not."""
+    namespaces and forks the process (with stdio as spawn's). Returns (the forked side's pid, the process's pid)
+    once the process exec'd; raises OciError with the process's own message when it did not."""
     program = seccomp.compile_filter(document["linux"]["seccomp"]) if document["linux"].get("seccomp") else None
     kinds = [ns["type"] for ns in document["linux"].get("namespaces") or []]
     handles = {
@@ -140,7 +152,10 @@ def run_exec(record, document, group, process, console_socket, detach):
         with _console(console_socket) as console:
             middle = os.fork()
             if middle == 0:
-                os.close(status_read)
+                _take_stdio(stdio)
+                # Nothing else of the caller's goes on: its lock (held as long as the process runs, else) and
+                # the other ends of its pipes (the process would never see EOF on stdin).
+                _close_all_but(0, 1, 2, status_write, *handles.values(), *([] if console is None else [console]))
                 _exec_middle(group, handles, process, program, (status_write, console), detach)
     finally:
         os.close(status_write)
