@@ -258,8 +258,9 @@ def test_a_waited_exec_holds_no_lock_and_its_stdin_ends(oci, rootfs, tmp_path):
     container_id = new_id()
     assert oci("create", "--bundle", bundle(tmp_path, document), container_id).returncode == 0
     assert oci("start", container_id).returncode == 0
+    script = "cat > /out/stdin; touch /out/eof; exec sleep 300"
     held = subprocess.Popen(
-        [*CTR, "--root", oci.root, "exec", container_id, "sh", "-c", "cat > /out/stdin; touch /out/eof; exec sleep 300"],
+        [*CTR, "--root", oci.root, "exec", container_id, "sh", "-c", script],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
