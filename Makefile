@@ -60,7 +60,7 @@ lint: venv
 	ansible-lint --offline --profile production
 	ruff check .
 	ruff format --check .
-	pycodestyle --max-line-length 160 --ignore E402,W503,W504,E741,E203,E701,E704 --exclude .venv,collections,.git .
+	pycodestyle --max-line-length 160 --ignore E402,W503,W504,E741,E203,E701,E704 $$(git ls-files "*.py") bin/mooring-ctr
 	antsibull-changelog lint
 
 sanity: venv
