@@ -96,6 +96,16 @@ def runtime_residue(name, run_dir):
     return found
 
 
+def host_disk():
+    """(name, major, minor) of a disk of this host (vda, 254, 0 here): block I/O throttles need a real block
+    device. None when there is none."""
+    for name in sorted(os.listdir("/sys/block")):
+        if not name.startswith(("loop", "zram", "ram", "nbd")):
+            major, minor = open(f"/sys/block/{name}/dev").read().split(":")  # noqa: SIM115
+            return name, int(major), int(minor)
+    return None
+
+
 class OciStarted:
     """A container that the OCI runtime (oci.Runtime) created and started from a bundle, this test's process
     being PID 1's subreaper for as long as it runs (as a shim is): wait() gives its exit status as a shell would."""

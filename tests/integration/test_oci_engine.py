@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run
+from conftest import host_disk, run
 
 IMAGE = "mooring/debian-python:bookworm"
 SHIM_ROOT = "/run/docker/runtime-runc/moby"  # the --root containerd's shim passes every runtime (docker 20.10)
@@ -70,22 +70,26 @@ def test_the_engine_has_the_runtime_registered(lab_registry):
 
 def test_docker_run_rm_gives_the_same_process_as_runc(lab_registry):
     """The same restricted `docker run --rm` line through runc and through mooring: the same user, capabilities,
-    no_new_privs, seccomp mode, limits, read-only root and hostname; and the engine's exit status."""
+    no_new_privs, seccomp mode, limits (memory, pids, a disk's read throttle), read-only root and hostname; and
+    the engine's exit status."""
+    disk, major, minor = host_disk()
     report = (
         "id; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; "
         "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max; "
+        "cat /sys/fs/cgroup/blkio/blkio.throttle.read_bps_device; "
         "touch /probe 2>/dev/null || echo read-only; hostname; cat /proc/sys/net/ipv4/ip_forward; exit 3"
     )
     line = [
         "run", "--rm", "--network", "none", "--read-only", "-m", "64m", "--pids-limit", "50", "--user", "1000:1000",
         "--cap-drop", "ALL", "--cap-add", "NET_BIND_SERVICE", "--security-opt", "no-new-privileges",
-        "--hostname", "same", IMAGE, "sh", "-c", report,
+        "--device-read-bps", f"/dev/{disk}:1mb", "--hostname", "same", IMAGE, "sh", "-c", report,
     ]  # fmt: skip
     by_runc = docker(*line[:1], "--runtime", "runc", *line[1:])
     by_mooring = docker(*line[:1], "--runtime", "mooring", *line[1:])
     assert by_runc.returncode == 3 and by_mooring.returncode == 3, by_mooring.stderr
     assert by_mooring.stdout == by_runc.stdout
-    assert "uid=1000" in by_mooring.stdout and "67108864\n50\nread-only\nsame\n" in by_mooring.stdout
+    assert "uid=1000" in by_mooring.stdout
+    assert f"67108864\n50\n{major}:{minor} {1 << 20}\nread-only\nsame\n" in by_mooring.stdout
 
 
 def test_exec_logs_top_pause_stop_and_rm_through_dockerd(started):

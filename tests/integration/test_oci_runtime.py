@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_DIR, run
+from conftest import REPO_DIR, host_disk, run
 
 IMAGE = "mooring/debian-python:bookworm"
 CTR = [sys.executable, str(REPO_DIR / "bin" / "mooring-ctr")]
@@ -472,6 +472,58 @@ print(json.dumps({
     assert oci("delete", container_id).returncode == 0
 
 
+def test_block_io_throttles_are_applied_and_what_the_host_lacks_is_refused_by_name(oci, rootfs, tmp_path):
+    """linux.resources.blockIO's throttles reach the container's blkio cgroup (read from the host); a weight or a
+    huge page limit that this host cannot apply (no proportional I/O scheduler, no hugetlb hierarchy here) is
+    refused naming the field, with nothing left; where the host has them, they are applied and checked."""
+    device = host_disk()
+    if device is None or not os.path.isdir("/sys/fs/cgroup/blkio"):
+        pytest.skip("this host has no disk or no blkio hierarchy")
+    _name, major, minor = device
+    document = config(rootfs, ["sleep", "300"])
+    document["linux"]["resources"]["blockIO"] = {
+        "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1 << 20}],
+        "throttleWriteIOPSDevice": [{"major": major, "minor": minor, "rate": 100}],
+    }
+    container_id = new_id()
+    created = oci("create", "--bundle", bundle(tmp_path, document), container_id)
+    assert created.returncode == 0, created.stderr
+    blkio = cgroup_dir(container_id).replace("/memory/", "/blkio/")
+    assert Path(blkio, "blkio.throttle.read_bps_device").read_text() == f"{major}:{minor} {1 << 20}\n"
+    assert Path(blkio, "blkio.throttle.write_iops_device").read_text() == f"{major}:{minor} 100\n"
+    assert Path(blkio, "blkio.throttle.read_iops_device").read_text() == ""
+    init = json.loads(oci("state", container_id).stdout)["pid"]
+    assert str(init) in Path(blkio, "cgroup.procs").read_text().split()
+    assert oci("delete", "--force", container_id).returncode == 0
+    assert not os.path.exists(blkio)
+
+    # What this host can apply decides which answer is right: a weight where the blkio hierarchy has a weight
+    # file (BFQ's, here), a device's weight where the disk uses BFQ (mq-deadline here), huge page limits where the
+    # hugetlb hierarchy is mounted (not here).
+    bfq_disk = "[bfq]" in Path(f"/sys/block/{_name}/queue/scheduler").read_text()
+    hugetlb = os.path.exists("/sys/fs/cgroup/hugetlb/hugetlb.2MB.limit_in_bytes")
+    for field, value, applied in (
+        ("blockIO", {"weight": 500}, lambda group: Path(group, "blkio.bfq.weight").read_text().split()[-1] == "500"),
+        ("blockIO", {"weightDevice": [{"major": major, "minor": minor, "weight": 300}]}, bfq_disk or None),
+        ("hugepageLimits", [{"pageSize": "2MB", "limit": 2 << 20}], hugetlb or None),
+    ):
+        document = config(rootfs, ["sleep", "300"])
+        document["linux"]["resources"][field] = value
+        container_id = new_id()
+        created = oci("create", "--bundle", bundle(tmp_path, document, name=container_id), container_id)
+        group = cgroup_dir(container_id).replace("/memory/", "/blkio/")
+        if created.returncode == 0:
+            assert applied is not None, f"{value} was accepted on a host that cannot apply it"
+            assert applied is True or applied(group), f"{value} is not in {group}"
+            assert oci("delete", "--force", container_id).returncode == 0
+        else:
+            assert applied is None or callable(applied), f"{value} was refused: {created.stderr}"
+            assert f"linux.resources.{field}" in created.stderr, created.stderr
+        assert not os.path.exists(os.path.join(oci.root, container_id))
+        for hierarchy in ("memory", "blkio", "hugetlb"):
+            assert not os.path.exists(cgroup_dir(container_id).replace("/memory/", f"/{hierarchy}/")), hierarchy
+
+
 def test_hooks_run_in_order_with_the_state_on_stdin(oci, rootfs, tmp_path):
     """prestart and createRuntime at create (the environment made, PID 1's pid known), createContainer in the
     container's mount namespace before the pivot, startContainer in the container before the process,
@@ -574,6 +626,15 @@ def test_a_failing_prestart_hook_fails_create_and_leaves_nothing(oci, rootfs, tm
         ({"linux__cgroupsPath": "system.slice:docker:x"}, "linux.cgroupsPath"),
         ({"hooks__prestart": [{"path": "relative/hook"}]}, "hooks.prestart[0].path must be an absolute path"),
         ({"process__args": ["/no/such/binary"]}, "process.args[0] '/no/such/binary': no such executable"),
+        ({"linux__resources__blockIO": {"weight": 5}}, "linux.resources.blockIO.weight must be a number from 10"),
+        (
+            {"linux__resources__blockIO": {"throttleReadBpsDevice": [{"major": 8, "rate": 1}]}},
+            "linux.resources.blockIO.throttleReadBpsDevice[0] must have major, minor and rate",
+        ),
+        (
+            {"linux__resources__hugepageLimits": [{"pageSize": "2XB", "limit": 1}]},
+            "linux.resources.hugepageLimits[0].pageSize must be a size such as 2MB",
+        ),
     ],
 )
 def test_a_bad_bundle_is_refused_naming_the_field_and_leaves_nothing(oci, rootfs, tmp_path, change, message):

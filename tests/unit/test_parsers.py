@@ -10,6 +10,7 @@ from conftest import REPO_DIR
 
 sys.path.insert(0, str(REPO_DIR / "collections"))
 from ansible_collections.mooring.ops.plugins.module_utils.harbor import _parse_challenge, registry_host
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import ctr_cli
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.cgroups import CgroupError, parse_size
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.container import (
     parse_ports,
@@ -236,3 +237,23 @@ def test_an_unknown_capability_names_the_option_it_came_from():
         capability_set(add=["NET_ADMIM"])
     with pytest.raises(SpecError, match=r"^cap_drop: unknown capabilities CAP_CHWON"):
         capability_set(drop=["CAP_CHWON"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["run", "--rm", "img"], "run"),
+        (["--root", "/x", "--run-dir", "/y", "exec", "c", "ls"], "exec"),
+        (["--root=/x", "ps", "-a"], "ps"),
+        (["--bridge", "run", "images"], "images"),  # an option's value is not the command
+        (["-h"], None),
+        (["bogus"], None),
+        ([], None),
+    ],
+)
+def test_the_command_line_builds_only_the_subcommand_it_names(argv, expected):
+    assert ctr_cli._command_in(argv) == expected
+    built = ctr_cli.parser(argv)._subparsers._group_actions[0].choices
+    assert list(built) == ([expected] if expected else list(ctr_cli._SUBCOMMANDS))
+    if expected:
+        assert built[expected].parse_known_args(argv[argv.index(expected) + 1 :])[0] is not None

@@ -14,7 +14,16 @@ import os
 import time
 
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices")
-V2_CONTROLLERS = ("memory", "cpu", "cpuset", "pids")
+# Joined where the host mounts them (block I/O and huge page limits need them; most containers do not).
+V1_OPTIONAL = ("blkio", "hugetlb")
+V2_CONTROLLERS = ("memory", "cpu", "cpuset", "pids", "io", "hugetlb")
+# linux.resources.blockIO's throttle fields and the name each has in the blkio controller's files.
+THROTTLES = {
+    "throttleReadBpsDevice": "read_bps",
+    "throttleWriteBpsDevice": "write_bps",
+    "throttleReadIOPSDevice": "read_iops",
+    "throttleWriteIOPSDevice": "write_iops",
+}
 CPU_PERIOD_US = 100000
 UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -84,6 +93,11 @@ class CgroupV1:
             if point is None:
                 raise CgroupError(f"the cgroup v1 controller {controller} is not mounted")
             self.paths[controller] = os.path.join(point, parent, name)
+        for controller in V1_OPTIONAL:
+            for point, (kind, opts) in found.items():
+                if kind == "cgroup" and controller in opts:
+                    self.paths[controller] = os.path.join(point, parent, name)
+                    break
 
     @property
     def path(self):
@@ -153,6 +167,60 @@ class CgroupV1:
         finally:
             for handle in files.values():
                 os.close(handle)
+
+    def block_io(self, block_io):
+        """linux.resources.blockIO on the blkio hierarchy: the weights (blkio.weight, or BFQ's blkio.bfq.weight)
+        and the throttles; a field this host cannot apply is refused by its name."""
+        directory = self.paths.get("blkio")
+        if directory is None:
+            raise CgroupError("linux.resources.blockIO needs the cgroup v1 blkio controller, which is not mounted")
+
+        def weight_file(name, field):
+            for candidate in (f"blkio.{name}", f"blkio.bfq.{name}"):
+                if os.path.exists(os.path.join(directory, candidate)):
+                    return os.path.join(directory, candidate)
+            raise CgroupError(
+                f"linux.resources.blockIO.{field} needs blkio.{name} (CFQ) or blkio.bfq.{name} (BFQ), which this "
+                "host's blkio hierarchy does not offer (no proportional I/O scheduler)"
+            )
+
+        def write(field, path, text):
+            try:
+                with open(path, "w") as handle:
+                    handle.write(text)
+            except OSError as exc:
+                raise CgroupError(
+                    f"linux.resources.blockIO.{field}: the kernel refused {text!r} in {os.path.basename(path)}: "
+                    f"{exc.strerror}"
+                    + (" (a device's weight needs it to use the BFQ scheduler)" if "weight" in field else "")
+                ) from exc
+
+        if block_io.get("weight"):
+            write("weight", weight_file("weight", "weight"), str(block_io["weight"]))
+        if block_io.get("leafWeight"):
+            write("leafWeight", weight_file("leaf_weight", "leafWeight"), str(block_io["leafWeight"]))
+        for index, device in enumerate(block_io.get("weightDevice") or []):
+            if device.get("weight"):
+                text = f"{device['major']}:{device['minor']} {device['weight']}"
+                write(f"weightDevice[{index}]", weight_file("weight_device", "weightDevice"), text)
+        for field, name in THROTTLES.items():
+            for index, device in enumerate(block_io.get(field) or []):
+                path = os.path.join(directory, f"blkio.throttle.{name}_device")
+                write(f"{field}[{index}]", path, f"{device['major']}:{device['minor']} {device['rate']}")
+
+    def hugepages(self, limits):
+        """linux.resources.hugepageLimits: hugetlb.<size>.limit_in_bytes for each page size."""
+        directory = self.paths.get("hugetlb")
+        if directory is None:
+            raise CgroupError(
+                "linux.resources.hugepageLimits needs the cgroup v1 hugetlb controller, which is not mounted"
+            )
+        for index, entry in enumerate(limits):
+            path = os.path.join(directory, f"hugetlb.{entry['pageSize']}.limit_in_bytes")
+            if not os.path.exists(path):
+                raise CgroupError(f"linux.resources.hugepageLimits[{index}].pageSize {entry['pageSize']!r}: "
+                                  "this host has no such huge page size")  # fmt: skip
+            _write(path, entry["limit"])
 
     def add(self, pid):
         for path in self.paths.values():
@@ -246,6 +314,34 @@ class CgroupV2:
         except OSError as exc:
             raise CgroupError(f"linux.resources.devices on {self.path}: {exc}") from exc
 
+    def block_io(self, block_io):
+        """linux.resources.blockIO as io.weight and io.max (weights mapped from v1's 10..1000, as runc does)."""
+
+        def v2_weight(value):
+            return 1 + (value - 10) * 9999 // 990
+
+        lines = []
+        if block_io.get("weight"):
+            lines.append(f"default {v2_weight(block_io['weight'])}")
+        lines += [
+            f"{device['major']}:{device['minor']} {v2_weight(device['weight'])}"
+            for device in block_io.get("weightDevice") or [] if device.get("weight")
+        ]  # fmt: skip
+        for line in lines:
+            _write(self._controller_file("io", "io.weight", "linux.resources.blockIO.weight"), line)
+        if block_io.get("leafWeight"):
+            raise CgroupError("linux.resources.blockIO.leafWeight has no cgroup v2 counterpart")
+        for field, name in THROTTLES.items():
+            key = {"read_bps": "rbps", "write_bps": "wbps", "read_iops": "riops", "write_iops": "wiops"}[name]
+            for device in block_io.get(field) or []:
+                path = self._controller_file("io", "io.max", f"linux.resources.blockIO.{field}")
+                _write(path, f"{device['major']}:{device['minor']} {key}={device['rate']}")
+
+    def hugepages(self, limits):
+        for index, entry in enumerate(limits):
+            field = f"linux.resources.hugepageLimits[{index}]"
+            _write(self._controller_file("hugetlb", f"hugetlb.{entry['pageSize']}.max", field), entry["limit"])
+
     def add(self, pid):
         _write(os.path.join(self.path, "cgroup.procs"), pid)
 
@@ -295,6 +391,10 @@ def apply(group, resources):
         group.cpu_quota(cpu["quota"], cpu.get("period") or CPU_PERIOD_US)
     if cpu.get("mems"):
         group.cpuset_mems(cpu["mems"])
+    if any((resources.get("blockIO") or {}).values()):
+        group.block_io(resources["blockIO"])
+    if resources.get("hugepageLimits"):
+        group.hugepages(resources["hugepageLimits"])
     group.devices(resources.get("devices") or [])
 
 

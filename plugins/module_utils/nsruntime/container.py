@@ -23,8 +23,6 @@ import functools
 import json
 import os
 import re
-import selectors
-import shutil
 import signal
 import time
 
@@ -383,6 +381,8 @@ class Runtime:
         overlay.unmount_rootfs(self.data_dir(name))
         with contextlib.suppress(cgroups.CgroupError):
             cgroups.detect(name).remove()
+        import shutil  # noqa: PLC0415 - not on a container's start
+
         shutil.rmtree(self.data_dir(name), ignore_errors=True)
         shutil.rmtree(self.state_dir(name), ignore_errors=True)
 
@@ -443,6 +443,8 @@ class Runtime:
 
 def _communicate(stdin_fd, stdout_fd, stderr_fd, data):
     """Feed data to stdin_fd while reading stdout_fd and stderr_fd to their ends (the three are closed)."""
+    import selectors  # noqa: PLC0415 - not on a container's start
+
     outputs = {stdout_fd: [], stderr_fd: []}
     with selectors.DefaultSelector() as selector:
         if data:

@@ -231,36 +231,80 @@ def _add_run(commands):
     sub.add_argument("command", nargs=argparse.REMAINDER)
 
 
-def parser():
-    top = argparse.ArgumentParser(prog="mooring-ctr", description=__doc__.split("\n\n", maxsplit=1)[0])
-    top.add_argument("--root", default="/var/lib/mooring")
-    top.add_argument("--run-dir", default="/run/mooring")
-    top.add_argument("--bridge", default=network.BRIDGE)
-    top.add_argument("--subnet", default=network.SUBNET)
-    commands = top.add_subparsers(dest="action", required=True)
+def _add_pull(commands):
     sub = commands.add_parser("pull")
     sub.add_argument("image")
     sub.add_argument("--username", default=None)
     sub.add_argument("--password-stdin", action="store_true")
     sub.add_argument("--ca-cert", default=None)
     sub.add_argument("--insecure", action="store_true")
+
+
+def _add_load(commands):
     sub = commands.add_parser("load")
     sub.add_argument("-i", "--input", required=True)
     sub.add_argument("--name", default=None)
-    commands.add_parser("images")
-    commands.add_parser("rmi").add_argument("image")
-    _add_run(commands)
-    commands.add_parser("ps").add_argument("-a", "--all", action="store_true")
+
+
+def _add_stop(commands):
     sub = commands.add_parser("stop")
     sub.add_argument("-t", "--time", type=int, default=10)
     sub.add_argument("name")
+
+
+def _add_rm(commands):
     sub = commands.add_parser("rm")
     sub.add_argument("-f", "--force", action="store_true")
     sub.add_argument("name")
+
+
+def _add_exec(commands):
     sub = commands.add_parser("exec")
     sub.add_argument("name")
     sub.add_argument("command", nargs=argparse.REMAINDER)
-    commands.add_parser("logs").add_argument("name")
+
+
+_SUBCOMMANDS = {
+    "pull": _add_pull,
+    "load": _add_load,
+    "images": lambda commands: commands.add_parser("images"),
+    "rmi": lambda commands: commands.add_parser("rmi").add_argument("image"),
+    "run": _add_run,
+    "ps": lambda commands: commands.add_parser("ps").add_argument("-a", "--all", action="store_true"),
+    "stop": _add_stop,
+    "rm": _add_rm,
+    "exec": _add_exec,
+    "logs": lambda commands: commands.add_parser("logs").add_argument("name"),
+}
+_GLOBAL_OPTIONS = ("--root", "--run-dir", "--bridge", "--subnet")
+
+
+def _command_in(argv):
+    """The subcommand that argv names after the global options, or None."""
+    words = iter(argv)
+    for word in words:
+        if word in _GLOBAL_OPTIONS:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in _SUBCOMMANDS else None
+        elif word.split("=", 1)[0] not in _GLOBAL_OPTIONS:
+            return None
+    return None
+
+
+def parser(argv=None):
+    """The command line's parser; with argv, only the subcommand it names is built (each costs a few
+    milliseconds of a `mooring-ctr run` otherwise), all of them for help and for a call that names none."""
+    top = argparse.ArgumentParser(prog="mooring-ctr", description=__doc__.split("\n\n", maxsplit=1)[0])
+    top.add_argument("--root", default="/var/lib/mooring")
+    top.add_argument("--run-dir", default="/run/mooring")
+    top.add_argument("--bridge", default=network.BRIDGE)
+    top.add_argument("--subnet", default=network.SUBNET)
+    commands = top.add_subparsers(dest="action", required=True)
+    named = _command_in(argv) if argv is not None else None
+    for name, add in _SUBCOMMANDS.items():
+        if named in (None, name):
+            add(commands)
     return top
 
 
@@ -270,7 +314,7 @@ class Refused(Exception):
 
 def main():
     """The exit status of the call in sys.argv (bin/mooring-ctr exits with it)."""
-    options = parser().parse_args()
+    options = parser(sys.argv[1:]).parse_args()
     if os.geteuid() != 0:
         _say("mooring-ctr must run as root (namespaces, cgroups, mounts)", sys.stderr)
         return 1

@@ -16,14 +16,12 @@ Images come from a registry v2 (module_utils/harbor.py's client: basic or bearer
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import shutil
 import stat
 
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import paths
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import write_json
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import name_digest, write_json
 
 DIGEST_PREFIX = "sha256:"
 CHUNK = 1 << 20
@@ -34,6 +32,19 @@ INDEX_TYPES = (
 )
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
+
+
+def _sha256(data=b""):
+    """hashlib's, imported when a digest is computed (pull, load): not on a container's start."""
+    import hashlib  # noqa: PLC0415
+
+    return hashlib.sha256(data)
+
+
+def _rmtree(*args, **kwargs):
+    import shutil  # noqa: PLC0415 - not on a container's start
+
+    return shutil.rmtree(*args, **kwargs)
 
 
 class ImageError(Exception):
@@ -65,7 +76,7 @@ class _Hashing:
 
     def __init__(self, raw, limit, what):
         self.raw = raw
-        self.sha = hashlib.sha256()
+        self.sha = _sha256()
         self.count = 0
         self.limit = limit
         self.what = what
@@ -136,7 +147,7 @@ class Store:
         import tempfile  # noqa: PLC0415 - only a pull or an import writes; `run` reads
 
         handle, temporary = tempfile.mkstemp(dir=self.tmp_dir)
-        sha = hashlib.sha256()
+        sha = _sha256()
         written = 0
         try:
             with os.fdopen(handle, "wb") as output:
@@ -195,12 +206,12 @@ class Store:
             raise ImageError(f"{what}: cannot unpack: {exc}") from exc
         finally:
             if os.path.isdir(staging):
-                shutil.rmtree(staging)
+                _rmtree(staging)
         return target
 
     # -- image records ----------------------------------------------------------------------------------------
     def _record_path(self, name):
-        return os.path.join(self.image_dir, hashlib.sha256(name.encode()).hexdigest() + ".json")
+        return os.path.join(self.image_dir, name_digest(name) + ".json")
 
     def image(self, name):
         try:
@@ -256,7 +267,7 @@ class Store:
                 removed.append(DIGEST_PREFIX + name)
         for name in os.listdir(self.layer_dir):
             if DIGEST_PREFIX + name not in layers:
-                shutil.rmtree(os.path.join(self.layer_dir, name))
+                _rmtree(os.path.join(self.layer_dir, name))
                 removed.append("layer " + DIGEST_PREFIX + name)
         return removed
 
@@ -277,7 +288,7 @@ def _clear(directory, name, keep_directory=False):
     if stat.S_ISDIR(info.st_mode):
         if keep_directory:
             return True
-        shutil.rmtree(name, dir_fd=directory)
+        _rmtree(name, dir_fd=directory)
     else:
         os.unlink(name, dir_fd=directory)
     return False
@@ -411,7 +422,7 @@ def pull(store, client, reference, platform=PLATFORM):
     if found is None:
         raise ImageError(f"the registry {client.registry} has no image {repository}:{tag} (option name)")
     raw, media_type = found
-    digest = DIGEST_PREFIX + hashlib.sha256(raw).hexdigest()
+    digest = DIGEST_PREFIX + _sha256(raw).hexdigest()
     if tag.startswith(DIGEST_PREFIX) and digest != tag:
         raise ImageError(f"{reference}: the manifest's sha256 is {digest}; rejected")
     manifest = json.loads(raw)
@@ -426,7 +437,7 @@ def pull(store, client, reference, platform=PLATFORM):
         if not chosen:
             raise ImageError(f"{reference} has no {'/'.join(platform)} image")
         raw, media_type = client.manifest_raw(repository, chosen[0])
-        digest = DIGEST_PREFIX + hashlib.sha256(raw).hexdigest()
+        digest = DIGEST_PREFIX + _sha256(raw).hexdigest()
         if digest != chosen[0]:
             raise ImageError(f"{reference}: the platform manifest's sha256 is {digest}, not {chosen[0]}; rejected")
         manifest = json.loads(raw)
@@ -473,7 +484,7 @@ def import_archive(store, path, name=None):
             index = json.load(archive.extractfile("manifest.json"))
             for entry in index:
                 config_raw = archive.extractfile(entry["Config"]).read()
-                config_digest = DIGEST_PREFIX + hashlib.sha256(config_raw).hexdigest()
+                config_digest = DIGEST_PREFIX + _sha256(config_raw).hexdigest()
                 store.put_blob(config_digest, [config_raw], f"{path} config")
                 config = json.loads(config_raw)
                 diff_ids = config.get("rootfs", {}).get("diff_ids", [])
@@ -491,7 +502,7 @@ def import_archive(store, path, name=None):
                     store.unpack(diff_id, diff_id, f"{path} {member_name}")
                     layers.append({"blob": diff_id, "diff_id": diff_id})
                 manifest = json.dumps({"config": config_digest, "layers": entry["Layers"]}, sort_keys=True).encode()
-                manifest_digest = DIGEST_PREFIX + hashlib.sha256(manifest).hexdigest()
+                manifest_digest = DIGEST_PREFIX + _sha256(manifest).hexdigest()
                 store.put_blob(manifest_digest, [manifest], f"{path} manifest")
                 for tag in (entry.get("RepoTags") or []) if name is None else [name]:
                     records.append(_record(tag, manifest_digest, config_digest, config, layers))

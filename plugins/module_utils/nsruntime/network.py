@@ -16,12 +16,10 @@ Every step is undone by `teardown`, in the reverse order, whether or not the con
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import shlex
 
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import locked
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import locked, name_digest
 
 BRIDGE = "mooring0"
 SUBNET = "10.88.0.0/16"
@@ -57,7 +55,7 @@ def netns_name(name):
 
 
 def host_veth(name):
-    return "mv" + hashlib.sha256(name.encode()).hexdigest()[:10]
+    return "mv" + name_digest(name)[:10]
 
 
 class Network:
@@ -216,6 +214,8 @@ class Network:
         the container publishes no port: then there is no rule of its to look for."""
         if published:
             for rule in _run("iptables", "-w", "-t", "nat", "-S", NAT_CHAIN, check=False).stdout.splitlines():
+                import shlex  # noqa: PLC0415 - only when rules are removed
+
                 words = shlex.split(rule)
                 if "--comment" in words and words[words.index("--comment") + 1] == f"mooring:{name}":
                     _run("iptables", "-w", "-t", "nat", "-D", *words[1:], check=False)

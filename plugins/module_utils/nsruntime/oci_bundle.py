@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import namespaces, spec
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, namespaces, spec
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci import HOOK_KINDS, OciError
 
 NAMESPACE_NAMES = ("pid", "network", "mount", "ipc", "uts", "cgroup", "user", "time")
@@ -143,18 +143,44 @@ def _check_linux_fields(document, linux, seen):
     if propagation and propagation not in namespaces._PROPAGATION:
         raise OciError(f"config.json: linux.rootfsPropagation {propagation!r} is not a propagation type")
     resources = _field(document, "linux.resources", dict) or {}
-    for key in ("hugepageLimits", "network", "rdma"):
+    for key in ("network", "rdma"):
         if resources.get(key):
             raise OciError(f"config.json: linux.resources.{key} is not supported on this runtime yet")
-    block_io = resources.get("blockIO") or {}
-    if any(value not in (None, [], 0) for value in block_io.values()):
-        raise OciError("config.json: linux.resources.blockIO is not supported on this runtime yet")
+    _check_block_io(document)
+    for index, entry in enumerate(_field(document, "linux.resources.hugepageLimits", list) or []):
+        size = entry.get("pageSize") if isinstance(entry, dict) else None
+        if not isinstance(size, str) or not size[:-2].isdigit() or size[-2:] not in ("KB", "MB", "GB"):
+            raise OciError(f"config.json: linux.resources.hugepageLimits[{index}].pageSize must be a size such as 2MB")
+        if not _is_count(entry.get("limit")):
+            raise OciError(f"config.json: linux.resources.hugepageLimits[{index}].limit must be a number of bytes")
     cgroups_path = _field(document, "linux.cgroupsPath", str)
     if cgroups_path and (":" in cgroups_path or ".." in cgroups_path.split("/")):
         raise OciError(
             f"config.json: linux.cgroupsPath {cgroups_path!r} must be a path (systemd's slice:prefix:name form "
             "needs --systemd-cgroup, which this runtime does not offer)"
         )
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_block_io(document):
+    """linux.resources.blockIO: weights within 10..1000 (blkio's range; 0 is unset, as for runc), each device entry
+    with its numbers."""
+    block_io = _field(document, "linux.resources.blockIO", dict) or {}
+    for field in ("weight", "leafWeight"):
+        if block_io.get(field) and (not _is_count(block_io[field]) or not 10 <= block_io[field] <= 1000):
+            raise OciError(f"config.json: linux.resources.blockIO.{field} must be a number from 10 to 1000")
+    for field in ("weightDevice", *cgroups.THROTTLES):
+        value_key = "weight" if field == "weightDevice" else "rate"
+        for index, device in enumerate(_field(document, f"linux.resources.blockIO.{field}", list) or []):
+            numbers = [device.get(key) if isinstance(device, dict) else None for key in ("major", "minor", value_key)]
+            if not all(_is_count(number) for number in numbers):
+                raise OciError(
+                    f"config.json: linux.resources.blockIO.{field}[{index}] must have major, minor and {value_key} "
+                    "(numbers)"
+                )
 
 
 def check_terminal(process, console_socket):
