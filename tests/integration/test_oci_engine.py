@@ -94,7 +94,7 @@ def test_docker_run_rm_gives_the_same_process_as_runc(lab_registry):
 
 def test_exec_logs_top_pause_stop_and_rm_through_dockerd(started):
     """The shim's calls beyond the lifecycle: exec (detached, with its status, env, user and a terminal), logs,
-    top (ps), pause and unpause (the freezer), and a stop whose TERM the process handles."""
+    top (ps), update, pause and unpause (the freezer), and a stop whose TERM the process handles."""
     script = "trap 'echo got-term; exit 0' TERM; echo ready; while :; do sleep 0.2; done"
     name, container_id = started("--env", "GREETING=hello", IMAGE, "sh", "-c", script)
     record = runtime_state(container_id)
@@ -110,6 +110,12 @@ def test_exec_logs_top_pause_stop_and_rm_through_dockerd(started):
     assert missing.returncode != 0
     top = docker("top", name)
     assert top.returncode == 0 and str(record["pid"]) in top.stdout.split(), top.stdout
+
+    # docker update: containerd's shim sends the new linux.resources to `update --resources -` on stdin.
+    updated = docker("update", "--memory", "96m", "--memory-swap", "96m", "--pids-limit", "40", name)
+    assert updated.returncode == 0, updated.stderr
+    limits = docker("exec", name, "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/pids/pids.max")
+    assert limits.stdout.split() == [str(96 << 20), "40"], limits.stdout + limits.stderr
 
     assert docker("pause", name).returncode == 0
     assert json.loads(docker("inspect", "--format", "{{json .State}}", name).stdout)["Paused"] is True

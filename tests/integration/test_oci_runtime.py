@@ -524,6 +524,45 @@ def test_block_io_throttles_are_applied_and_what_the_host_lacks_is_refused_by_na
             assert not os.path.exists(cgroup_dir(container_id).replace("/memory/", f"/{hierarchy}/")), hierarchy
 
 
+def test_update_changes_the_limits_of_a_running_container_and_refuses_bad_ones(oci, rootfs, tmp_path):
+    """update (runc's options, or --resources FILE with linux.resources) rewrites the cgroup's limits of a
+    running container, seen from the host, and records them in its config.json; a bad value changes nothing; a
+    stopped container is refused."""
+    document = config(rootfs, ["sleep", "300"])
+    document["linux"]["resources"].update(memory={"limit": 64 << 20}, pids={"limit": 32})
+    container_id = new_id()
+    assert oci("create", "--bundle", bundle(tmp_path, document), container_id).returncode == 0
+    assert oci("start", container_id).returncode == 0
+    memory, pids = Path(cgroup_dir(container_id)), Path(cgroup_dir(container_id).replace("/memory/", "/pids/"))
+    cpu = Path(cgroup_dir(container_id).replace("/memory/", "/cpu/"))
+
+    updated = oci("update", "--memory", str(128 << 20), "--pids-limit", "64", container_id)
+    assert updated.returncode == 0, updated.stderr
+    assert (memory / "memory.limit_in_bytes").read_text() == f"{128 << 20}\n"
+    assert (pids / "pids.max").read_text() == "64\n"
+    (tmp_path / "resources.json").write_text(json.dumps({"cpu": {"quota": 20000, "period": 100000}}))
+    assert oci("update", "--resources", str(tmp_path / "resources.json"), container_id).returncode == 0
+    assert [(cpu / f"cpu.cfs_{key}_us").read_text() for key in ("quota", "period")] == ["20000\n", "100000\n"]
+    recorded = json.loads(Path(oci.root, container_id, "config.json").read_text())["linux"]["resources"]
+    assert (recorded["memory"]["limit"], recorded["pids"]["limit"], recorded["cpu"]["quota"]) == (128 << 20, 64, 20000)
+
+    for argv, message in (
+        (["--memory", "lots"], "--memory takes a number"),
+        (["--resources", str(tmp_path / "bad.json")], "linux.resources.pids.limit must be a number"),
+        ([], "give --resources FILE or a limit"),
+    ):
+        (tmp_path / "bad.json").write_text(json.dumps({"pids": {"limit": True}, "memory": {"limit": 1 << 20}}))
+        refused = oci("update", *argv, container_id)
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+    assert (memory / "memory.limit_in_bytes").read_text() == f"{128 << 20}\n", "a refused update changed a limit"
+
+    assert oci("kill", container_id, "KILL").returncode == 0
+    assert wait_status(oci, container_id, "stopped")["status"] == "stopped"
+    stopped = oci("update", "--pids-limit", "10", container_id)
+    assert stopped.returncode != 0 and "update needs a created, running or paused one" in stopped.stderr
+    assert oci("delete", container_id).returncode == 0
+
+
 def test_hooks_run_in_order_with_the_state_on_stdin(oci, rootfs, tmp_path):
     """prestart and createRuntime at create (the environment made, PID 1's pid known), createContainer in the
     container's mount namespace before the pivot, startContainer in the container before the process,

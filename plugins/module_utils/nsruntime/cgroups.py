@@ -127,10 +127,15 @@ class CgroupV1:
 
     def limit(self, memory=None, memory_swap=None, cpus=None, cpu_shares=None, cpuset_cpus=None, pids_limit=None):
         if memory:
-            _write(os.path.join(self.paths["memory"], "memory.limit_in_bytes"), memory)
+            limit_file = os.path.join(self.paths["memory"], "memory.limit_in_bytes")
             swap_file = os.path.join(self.paths["memory"], "memory.memsw.limit_in_bytes")
+            writes = [(limit_file, memory)]
             if os.path.exists(swap_file):
-                _write(swap_file, memory_swap if memory_swap and memory_swap > 0 else memory)
+                swap = (swap_file, memory_swap if memory_swap and memory_swap > 0 else memory)
+                # The kernel keeps memsw at or above the limit: raised (update) memsw goes first, lowered last.
+                writes = [swap, *writes] if memory > int(_read(limit_file)) else [*writes, swap]
+            for path, value in writes:
+                _write(path, value)
         if cpus:
             self.cpu_quota(int(cpus * CPU_PERIOD_US), CPU_PERIOD_US)
         if cpu_shares:
@@ -378,6 +383,12 @@ class CgroupV2:
 
 def apply(group, resources):
     """The OCI spec's linux.resources on a container's cgroup (v1 or v2): limits, then device rules."""
+    apply_limits(group, resources)
+    group.devices(resources.get("devices") or [])
+
+
+def apply_limits(group, resources):
+    """linux.resources but the device rules (what `update` changes on a running container, as runc's does)."""
     memory, cpu = resources.get("memory") or {}, resources.get("cpu") or {}
     group.limit(
         memory=memory.get("limit"),
@@ -395,7 +406,6 @@ def apply(group, resources):
         group.block_io(resources["blockIO"])
     if resources.get("hugepageLimits"):
         group.hugepages(resources["hugepageLimits"])
-    group.devices(resources.get("devices") or [])
 
 
 def _kill_all(group, timeout=5.0):

@@ -287,6 +287,30 @@ class Runtime:
             record["paused"] = frozen
             self._save(record)
 
+    def update(self, container_id, resources):
+        """Change the limits of a created, running or paused container's cgroup (linux.resources but the device
+        rules, as runc's update); config.json records them. Checked as config.json's before anything is written."""
+        from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import oci_bundle  # noqa: PLC0415
+
+        if not isinstance(resources, dict):
+            raise OciError("update: the resources must be an object (the runtime spec's linux.resources)")
+        oci_bundle.check_resources({"linux": {"resources": resources}}, within="update: ")
+        with self._locked(container_id):
+            record = self._record(container_id)
+            status = self._status(record)
+            if status not in ("created", "running", "paused"):
+                raise OciError(f"container {container_id} is {status}: update needs a created, running or paused one")
+            document = self._document(container_id)
+            limits = {key: value for key, value in resources.items() if key != "devices"}
+            cgroups.apply_limits(_cgroup(record["cgroupsPath"], container_id), limits)
+            for key, value in limits.items():
+                current = document["linux"].setdefault("resources", {}).get(key)
+                if isinstance(value, dict) and isinstance(current, dict):
+                    current.update(value)
+                else:
+                    document["linux"]["resources"][key] = value
+            write_json(os.path.join(self._dir(container_id), "config.json"), document)
+
     def processes(self, container_id):
         """The pids (as the host sees them) of every process in the container's cgroup."""
         with self._locked(container_id):

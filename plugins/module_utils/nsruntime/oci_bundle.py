@@ -142,23 +142,43 @@ def _check_linux_fields(document, linux, seen):
     propagation = _field(document, "linux.rootfsPropagation", str)
     if propagation and propagation not in namespaces._PROPAGATION:
         raise OciError(f"config.json: linux.rootfsPropagation {propagation!r} is not a propagation type")
-    resources = _field(document, "linux.resources", dict) or {}
-    for key in ("network", "rdma"):
-        if resources.get(key):
-            raise OciError(f"config.json: linux.resources.{key} is not supported on this runtime yet")
-    _check_block_io(document)
-    for index, entry in enumerate(_field(document, "linux.resources.hugepageLimits", list) or []):
-        size = entry.get("pageSize") if isinstance(entry, dict) else None
-        if not isinstance(size, str) or not size[:-2].isdigit() or size[-2:] not in ("KB", "MB", "GB"):
-            raise OciError(f"config.json: linux.resources.hugepageLimits[{index}].pageSize must be a size such as 2MB")
-        if not _is_count(entry.get("limit")):
-            raise OciError(f"config.json: linux.resources.hugepageLimits[{index}].limit must be a number of bytes")
+    check_resources(document)
     cgroups_path = _field(document, "linux.cgroupsPath", str)
     if cgroups_path and (":" in cgroups_path or ".." in cgroups_path.split("/")):
         raise OciError(
             f"config.json: linux.cgroupsPath {cgroups_path!r} must be a path (systemd's slice:prefix:name form "
             "needs --systemd-cgroup, which this runtime does not offer)"
         )
+
+
+_RESOURCE_FIELDS = {
+    "memory": {"limit": int, "reservation": int, "swap": int, "kernel": int, "kernelTCP": int, "swappiness": int,
+               "disableOOMKiller": bool, "useHierarchy": bool, "checkBeforeUpdate": bool},
+    "cpu": {"shares": int, "quota": int, "burst": int, "period": int, "realtimeRuntime": int, "realtimePeriod": int,
+            "cpus": str, "mems": str, "idle": int},
+    "pids": {"limit": int},
+}  # fmt: skip
+
+
+def check_resources(document, within="config.json: "):
+    """linux.resources: each known field of the type the spec gives it (bools are not numbers), block I/O and huge
+    page entries complete; network and rdma limits refused (not supported)."""
+    resources = _field(document, "linux.resources", dict) or {}
+    for key in ("network", "rdma"):
+        if resources.get(key):
+            raise OciError(f"{within}linux.resources.{key} is not supported on this runtime yet")
+    for group, fields in _RESOURCE_FIELDS.items():
+        for name, kind in fields.items():
+            value = _field(document, f"linux.resources.{group}.{name}", kind)
+            if kind is int and isinstance(value, bool):
+                raise OciError(f"{within}linux.resources.{group}.{name} must be a number, got {value!r}")
+    _check_block_io(document)
+    for index, entry in enumerate(_field(document, "linux.resources.hugepageLimits", list) or []):
+        size = entry.get("pageSize") if isinstance(entry, dict) else None
+        if not isinstance(size, str) or not size[:-2].isdigit() or size[-2:] not in ("KB", "MB", "GB"):
+            raise OciError(f"{within}linux.resources.hugepageLimits[{index}].pageSize must be a size such as 2MB")
+        if not _is_count(entry.get("limit")):
+            raise OciError(f"{within}linux.resources.hugepageLimits[{index}].limit must be a number of bytes")
 
 
 def _is_count(value):
