@@ -6,6 +6,7 @@ a file of the test's own, and everything a container had (state, cgroup, process
 import json
 import os
 import select
+import shlex
 import shutil
 import socket
 import subprocess
@@ -560,6 +561,39 @@ def test_update_changes_the_limits_of_a_running_container_and_refuses_bad_ones(o
     assert wait_status(oci, container_id, "stopped")["status"] == "stopped"
     stopped = oci("update", "--pids-limit", "10", container_id)
     assert stopped.returncode != 0 and "update needs a created, running or paused one" in stopped.stderr
+    assert oci("delete", container_id).returncode == 0
+
+
+def test_preserve_fds_passes_the_callers_descriptors_from_3_on_and_no_more(oci, rootfs, tmp_path):
+    """create --preserve-fds 2 gives the process the caller's descriptors 3 and 4 (files of the host, opened by a
+    shell, as containerd's shim passes its pipes) but not 5; exec --preserve-fds 1 gives its process 3; a count
+    whose descriptors are not open is refused naming the option, with nothing left."""
+    files = {number: tmp_path / f"fd{number}" for number in (3, 4, 5)}
+    script = "echo three >&3; echo four >&4; (echo five >&5) 2>/dev/null || echo no-five; exec sleep 300"
+    container_id = new_id()
+    path = bundle(tmp_path, config(rootfs, ["sh", "-c", script]))
+    opens = " ".join(f"{number}>{file}" for number, file in files.items())
+    create = shlex.join([*CTR, "--root", oci.root, "create", "--preserve-fds", "2", "--bundle", path, container_id])
+    shell = f"exec {opens}; exec {create} > {tmp_path / 'out'} 2> {tmp_path / 'err'}"
+    created = subprocess.run(["sh", "-c", shell], stdin=subprocess.DEVNULL, timeout=60, check=False)
+    assert created.returncode == 0, (tmp_path / "err").read_text()
+    assert oci("start", container_id).returncode == 0
+    deadline = time.monotonic() + 10
+    while "no-five" not in (tmp_path / "out").read_text():
+        assert time.monotonic() < deadline, (tmp_path / "out").read_text() + (tmp_path / "err").read_text()
+        time.sleep(0.05)
+    assert [files[number].read_text() for number in (3, 4, 5)] == ["three\n", "four\n", ""]
+
+    execute = shlex.join([*CTR, "--root", oci.root, "exec", "--preserve-fds", "1", container_id, "sh", "-c",
+                          "echo from-exec >&3; (echo x >&4) 2>/dev/null || echo no-four >&3"])  # fmt: skip
+    execed = subprocess.run(["sh", "-c", f"exec 3>{tmp_path / 'exec3'}; exec {execute}"], timeout=60, check=False)
+    assert execed.returncode == 0
+    assert (tmp_path / "exec3").read_text() == "from-exec\nno-four\n"
+
+    refused = oci("create", "--preserve-fds", "2", "--bundle", path, new_id())
+    assert refused.returncode != 0 and "--preserve-fds 2: descriptor 3 is not open" in refused.stderr, refused.stderr
+    assert oci("kill", container_id, "KILL").returncode == 0
+    assert wait_status(oci, container_id, "stopped")["status"] == "stopped"
     assert oci("delete", container_id).returncode == 0
 
 

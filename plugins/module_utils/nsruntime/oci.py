@@ -152,11 +152,13 @@ class Runtime:
 
     # -- create ---------------------------------------------------------------------------------------------
 
-    def create(self, container_id, bundle, pid_file=None, console_socket=None, stdio=None):
+    def create(self, container_id, bundle, pid_file=None, console_socket=None, stdio=None, preserve_fds=0):
         """With console_socket (a unix socket's path; needs process.terminal), the container's process gets a new
         pty of the container's own devpts as its terminal and stdio, and its master goes to that socket (runc's
         protocol: one message, the descriptor as SCM_RIGHTS). stdio: three descriptors that become the process's
-        stdin, stdout and stderr (the OCI command line passes its own). Returns PID 1's pid."""
+        stdin, stdout and stderr (the OCI command line passes its own); preserve_fds: how many of this process's
+        descriptors from 3 on go to the container's process too (runc's --preserve-fds). Returns PID 1's pid."""
+        _check_preserved(preserve_fds)
         from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import oci_bundle, oci_process  # noqa: PLC0415
 
         with self._locked(container_id):
@@ -188,7 +190,7 @@ class Runtime:
                 }  # fmt: skip
                 with oci_process._console(console_socket) as console:
                     document["mooring_console"] = console
-                    oci_process.spawn(document, record, directory, group, stdio)
+                    oci_process.spawn(document, record, directory, group, stdio, preserve_fds)
                 write_json(os.path.join(directory, "config.json"), document)
                 self._save(record)
                 if pid_file:
@@ -317,7 +319,10 @@ class Runtime:
             record = self._record(container_id)
             return sorted(_cgroup(record["cgroupsPath"], container_id).procs())
 
-    def exec(self, container_id, process, pid_file=None, detach=False, console_socket=None, stdio=None, wait=True):
+    def exec(
+        self, container_id, process, pid_file=None, detach=False, console_socket=None, stdio=None, wait=True,
+        preserve_fds=0,
+    ):  # fmt: skip
         """Run process (an OCI process object, checked as config.json's) inside a created or running container:
         in its cgroup and namespaces, under its seccomp filter, with the runtime's own stdio or stdio's three
         descriptors. Returns once the process exec'd; with detach at once (the process is the caller's subreaper's,
@@ -327,6 +332,7 @@ class Runtime:
 
         oci_bundle.check_process(process)
         oci_bundle.check_terminal(process, console_socket)
+        _check_preserved(preserve_fds)
         with self._locked(container_id):
             record = self._record(container_id)
             status = self._status(record)
@@ -334,7 +340,9 @@ class Runtime:
                 raise OciError(f"container {container_id} is {status}: exec needs a created or running container")
             document = self._document(container_id)
             group = _cgroup(record["cgroupsPath"], container_id)
-            middle, pid = oci_process.run_exec(record, document, group, process, console_socket, detach, stdio)
+            middle, pid = oci_process.run_exec(
+                record, document, group, process, console_socket, detach, stdio, preserve_fds
+            )
             if pid_file:
                 _write_pid_file(pid_file, pid)
         if not wait:
@@ -404,6 +412,17 @@ def _cgroup(given, container_id):
         path = "mooring-oci/" + given.strip("/")
     parent, name = path.rpartition("/")[::2]
     return cgroups.detect(name, parent=parent)
+
+
+def _check_preserved(count):
+    """--preserve-fds: a number, and each of the descriptors 3 .. 3+count-1 open in this process."""
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise OciError(f"--preserve-fds takes a number of descriptors (0 or more), got {count!r}")
+    for fd in range(3, 3 + count):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise OciError(f"--preserve-fds {count}: descriptor {fd} is not open in the runtime's process") from None
 
 
 def _write_pid_file(path, pid):

@@ -196,22 +196,27 @@ def _create(runtime, rest):
     )  # fmt: skip
     if options.get("--no-pivot"):
         raise UsageError("--no-pivot: this runtime always pivots into the root (chroot can be escaped)")
-    if options.get("--preserve-fds", "0") != "0":
-        raise UsageError("--preserve-fds: passing extra descriptors is not supported yet")
     runtime.create(
-        container_id, options.get("--bundle") or os.getcwd(), options.get("--pid-file"), options.get("--console-socket")
-    )
+        container_id, options.get("--bundle") or os.getcwd(), options.get("--pid-file"),
+        options.get("--console-socket"), preserve_fds=_count(options, "--preserve-fds"),
+    )  # fmt: skip
     return 0
+
+
+def _count(options, name):
+    value = options.get(name, "0")
+    if not value.isdigit():
+        raise UsageError(f"{name} takes a number, got {value!r}")
+    return int(value)
 
 
 def _exec(runtime, rest):
     options, container_id, words = _parse_exec(rest)
-    if options.get("--preserve-fds", "0") != "0":
-        raise UsageError("--preserve-fds: passing extra descriptors is not supported yet")
+    preserved = _count(options, "--preserve-fds")
     process = _exec_process(options, words, runtime.config(container_id))
     return runtime.exec(
         container_id, process, options.get("--pid-file"), detach=bool(options.get("--detach")),
-        console_socket=options.get("--console-socket"),
+        console_socket=options.get("--console-socket"), preserve_fds=preserved,
     )  # fmt: skip
 
 

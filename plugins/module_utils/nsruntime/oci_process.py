@@ -73,10 +73,12 @@ def _close_all_but(*keep):
                 os.close(number)
 
 
-def spawn(document, record, directory, group, stdio=None):
+def spawn(document, record, directory, group, stdio=None, preserve_fds=0):
     """Fork the intermediate and PID 1 (see the module's docstring); return PID 1's pid once it waits at the
-    FIFO. stdio: three descriptors for the process's stdin, stdout and stderr (else the runtime's own). Raises
-    OciError with PID 1's own message when it failed."""
+    FIFO. stdio: three descriptors for the process's stdin, stdout and stderr (else the runtime's own);
+    preserve_fds: how many more (3, 4, ...) the process gets. Raises OciError with PID 1's own message when it
+    failed."""
+    document["mooring_preserve_fds"] = preserve_fds
     seccomp_program = seccomp.compile_filter(document["linux"]["seccomp"]) if document["linux"].get("seccomp") else None
     kinds = {ns["type"]: ns.get("path") for ns in document["linux"].get("namespaces") or []}
     to_child_read, to_child_write = os.pipe2(os.O_CLOEXEC)
@@ -137,7 +139,7 @@ def spawn(document, record, directory, group, stdio=None):
 # -- start, kill, delete --------------------------------------------------------------------------------
 
 
-def run_exec(record, document, group, process, console_socket, detach, stdio=None):
+def run_exec(record, document, group, process, console_socket, detach, stdio=None, preserve_fds=0):
     """exec's fork (Runtime.exec holds the container's lock): the forked side joins the container's cgroup and
     namespaces and forks the process (with stdio as spawn's). Returns (the forked side's pid, the process's pid)
     once the process exec'd; raises OciError with the process's own message when it did not."""
@@ -155,8 +157,9 @@ def run_exec(record, document, group, process, console_socket, detach, stdio=Non
                 _take_stdio(stdio)
                 # Nothing else of the caller's goes on: its lock (held as long as the process runs, else) and
                 # the other ends of its pipes (the process would never see EOF on stdin).
-                _close_all_but(0, 1, 2, status_write, *handles.values(), *([] if console is None else [console]))
-                _exec_middle(group, handles, process, program, (status_write, console), detach)
+                kept = range(3, 3 + preserve_fds)
+                _close_all_but(0, 1, 2, *kept, status_write, *handles.values(), *([] if console is None else [console]))
+                _exec_middle(group, handles, process, program, (status_write, console, kept), detach)
     finally:
         os.close(status_write)
         for handle in handles.values():
@@ -251,7 +254,8 @@ def _intermediate(document, record, kinds, fifo_handles, channels, seccomp_progr
         # Only stdio and the sync channels go on into the container: never the container's lock (PID 1 would hold
         # it for its whole life), nor anything else the caller had open.
         console = document.get("mooring_console")
-        _close_all_but(0, 1, 2, from_runtime, to_runtime, *fifo_handles, *([] if console is None else [console]))
+        kept = range(3, 3 + document.get("mooring_preserve_fds", 0))
+        _close_all_but(0, 1, 2, *kept, from_runtime, to_runtime, *fifo_handles, *([] if console is None else [console]))
         if "user" in kinds:
             _enter_user_namespace(kinds["user"], channels)
         if kinds.get("pid"):
@@ -300,7 +304,7 @@ def _write_id_maps(pid, linux):
 def _exec_middle(group, handles, process, seccomp_program, channels, detach):
     """exec's forked side: join the cgroup and the namespaces, fork the process into the PID namespace, tell the
     runtime its pid, and exit (detach) or wait for it and exit with its status. Never returns."""
-    status_write, console = channels
+    status_write, console, kept = channels
     try:
         group.add(os.getpid())
         for kind in _JOIN_ORDER:
@@ -312,6 +316,8 @@ def _exec_middle(group, handles, process, seccomp_program, channels, detach):
                 if console is not None:
                     _take_terminal(console, process, console_path=None)
                 os.chdir(process["cwd"])
+                for fd in kept:
+                    os.set_inheritable(fd, True)
                 namespaces._become(process, seccomp_program)
                 os.execvpe(process["args"][0], process["args"], namespaces._env(process))  # noqa: S606
             except BaseException as exc:
@@ -398,6 +404,8 @@ def _init(document, record, kinds, fifo_handles, channels, seccomp_program):
         os.close(fifo)
         os.close(proc)
         _run_hooks(document, "startContainer", _hook_state(record, "running"), fatal=True)
+        for fd in range(3, 3 + document["mooring_preserve_fds"]):
+            os.set_inheritable(fd, True)  # --preserve-fds: the caller's descriptors 3, 4, ... go on to the process
         namespaces._become(process, seccomp_program)
         os.execvpe(process["args"][0], process["args"], namespaces._env(process))  # noqa: S606
     except BaseException as exc:
