@@ -265,6 +265,28 @@ def test_an_image_with_links_to_the_host_starts_without_touching_the_host(runtim
     assert (volume / "x").exists()  # the volume landed where the container's link points, inside its root
 
 
+def test_a_writable_layer_too_deep_for_recursion_is_removed_whole_without_following_its_links(runtime, named, tmp_path):
+    """A container may nest directories as deep as it likes and plant links to host paths among them: its removal
+    must neither stop half way (shutil.rmtree recursed a level a frame: RecursionError past ~1000, which left the
+    data directory behind and failed the removal) nor follow a link out of the layer."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("the host's\n")
+    name = named()
+    started = container(runtime, name, image="debian", command="sleep 300")
+    assert started["changed"] is True, started["_output"]
+    nest = (
+        'my $top = shift; symlink($top, "to-host") or die; for (1..3000) { mkdir("d") or die; chdir("d") or die } '
+        'symlink($top, "to-host") or die; symlink("$top/keep", "keep") or die; print "nested\\n"'
+    )
+    code, out, err = rt(runtime).exec(name, ["perl", "-e", nest, str(victim)])
+    assert (code, out) == (0, b"nested\n"), err
+    removed = container(runtime, name, state="absent", stop_timeout=1)
+    assert removed["changed"] is True and not removed.get("failed"), removed["_output"]
+    assert not os.path.exists(rt(runtime).data_dir(name))
+    assert sorted(os.listdir(victim)) == ["keep"] and (victim / "keep").read_text() == "the host's\n"
+
+
 def test_the_connection_plugin_never_follows_a_planted_link_to_the_host(runtime, named, tmp_path):
     host_file = tmp_path / "host-secret"
     host_file.write_text("host secret\n")

@@ -2,6 +2,7 @@
 restart policies, image references, WWW-Authenticate challenges, the daemon.json merge and the capability sets.
 Each bad value must fail with a message that names the option."""
 
+import re
 import sys
 
 import pytest
@@ -239,21 +240,60 @@ def test_an_unknown_capability_names_the_option_it_came_from():
         capability_set(drop=["CAP_CHWON"])
 
 
+def parsed(*argv):
+    return vars(ctr_cli.parse(list(argv)))
+
+
+def test_the_command_line_parses_as_argparse_did():
+    options = parsed(
+        "--root", "/x", "--run-dir=/y", "run", "--rm", "-e", "A=1", "-eB=2", "--env=C=3", "--network=none", "-m",
+        "64m", "--cpus", "0.5", "--pids-limit", "20", "--oom-score-adj", "-500", "-p", "8080:80", "--sysctl",
+        "net.ipv4.ip_forward=1", "img", "sh", "-c", "echo $A", "--rm",
+    )  # fmt: skip
+    assert options == {
+        **options, "root": "/x", "run_dir": "/y", "action": "run", "rm": True, "env": ["A=1", "B=2", "C=3"],
+        "network": "none", "memory": "64m", "cpus": 0.5, "pids_limit": 20, "oom_score_adj": -500,
+        "publish": ["8080:80"], "sysctl": ["net.ipv4.ip_forward=1"], "image": "img",
+        "command": ["sh", "-c", "echo $A", "--rm"],  # the container's own options stay its own
+        "detach": False, "name": None, "restart": "no", "volume": [],
+    }  # fmt: skip
+    assert parsed("run", "img")["command"] == []
+    assert parsed("run", "--", "img", "--", "true")["command"] == ["true"]
+    assert parsed("--bridge", "run", "images") == {**parsed("images"), "bridge": "run"}  # a value, not a command
+    assert parsed("rm", "c1", "-f") == {**parsed("rm", "c1"), "force": True}  # options after an argument
+    assert parsed("stop", "-t", "3", "c1")["time"] == 3
+    assert parsed("exec", "c1", "ls", "-l")["command"] == ["ls", "-l"]
+    assert parsed("load", "-i", "a.tar")["input"] == "a.tar"
+
+
 @pytest.mark.parametrize(
-    ("argv", "expected"),
+    ("argv", "message"),
     [
-        (["run", "--rm", "img"], "run"),
-        (["--root", "/x", "--run-dir", "/y", "exec", "c", "ls"], "exec"),
-        (["--root=/x", "ps", "-a"], "ps"),
-        (["--bridge", "run", "images"], "images"),  # an option's value is not the command
-        (["-h"], None),
-        (["bogus"], None),
-        ([], None),
+        ([], "a command is needed"),
+        (["bogus"], "unknown command 'bogus'"),
+        (["--bogus", "images"], "unknown option --bogus"),
+        (["run", "--cpus", "half", "img"], "--cpus takes a number, got 'half'"),
+        (["run", "--pids-limit", "1.5", "img"], "--pids-limit takes an integer, got '1.5'"),
+        (["run", "--network", "overlay", "img"], "--network must be one of bridge, host, none, got 'overlay'"),
+        (["run", "--sysctl", "net.ipv4.ip_forward", "img"], "--sysctl takes KEY=VALUE"),
+        (["run", "--rm=yes", "img"], "--rm takes no value"),
+        (["run", "--name"], "--name needs a value"),
+        (["run", "--rm"], "expected IMAGE, got none"),
+        (["rm", "a", "b"], "expected NAME, got a b"),
+        (["images", "extra"], "expected no argument, got extra"),
+        (["load"], "--input is required"),
     ],
 )
-def test_the_command_line_builds_only_the_subcommand_it_names(argv, expected):
-    assert ctr_cli._command_in(argv) == expected
-    built = ctr_cli.parser(argv)._subparsers._group_actions[0].choices
-    assert list(built) == ([expected] if expected else list(ctr_cli._SUBCOMMANDS))
-    if expected:
-        assert built[expected].parse_known_args(argv[argv.index(expected) + 1 :])[0] is not None
+def test_a_bad_command_line_is_refused_naming_what_is_wrong(argv, message):
+    with pytest.raises(ctr_cli.UsageError, match=re.escape(message)):
+        ctr_cli.parse(argv)
+
+
+def test_help_and_usage_name_every_option():
+    with pytest.raises(ctr_cli.UsageError) as asked:
+        ctr_cli.parse(["run", "--help"])
+    assert asked.value.args[0] is None and asked.value.command == "run"
+    usage = ctr_cli.usage("run")
+    for names, _kind, _default in ctr_cli._SUBCOMMANDS["run"][0]:
+        assert "|".join(names) in usage
+    assert usage.endswith("IMAGE [COMMAND...]")

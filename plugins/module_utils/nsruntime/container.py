@@ -18,27 +18,32 @@ and the output reaches the terminal as it comes.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import json
 import os
-import re
-import signal
 import time
 
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import (
     cgroups,
+    fastjson,
     namespaces,
     network,
     oci,
     overlay,
+    paths,
     spec,
     syscalls,
 )
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.layers import Store
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.lean import (
+    SIGINT,
+    SIGTERM,
+    Undo,
+    set_handler,
+    suppress,
+)
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import locked, write_json
 
-NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+# A container's name: 1-63 of these, the first a letter or digit (checked without re, off a start's imports).
+NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 START_TIMEOUT = 30
 # The cgroup parent of every container (cgroups.detect's default): /mooring/<name> in each hierarchy.
 CGROUP_PARENT = "mooring"
@@ -50,7 +55,10 @@ class ContainerError(Exception):
 
 
 def check_name(name):
-    if not NAME.match(name or ""):
+    if not (
+        isinstance(name, str) and 0 < len(name) <= 63 and name.isascii() and name[0].isalnum()
+        and set(name) <= NAME_CHARACTERS
+    ):  # fmt: skip
         raise ContainerError(
             f"name must be 1-63 letters, digits, '_', '.' or '-' and start with a letter or digit, got {name!r}"
         )
@@ -63,7 +71,7 @@ def _alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as stat:
+    with suppress(OSError), open(f"/proc/{pid}/stat") as stat:
         return stat.read().split(") ")[1].split()[0] != "Z"
     return True
 
@@ -109,16 +117,21 @@ class Runtime:
         self.run_dir = run_dir
         self.store = Store(root)
         self._network_settings = (os.path.join(run_dir, "network"), bridge, subnet)
+        self._oci = self._network = None
 
-    @functools.cached_property
+    @property
     def oci(self):
         """The OCI runtime that creates, starts, pauses, execs in and deletes this runtime's containers."""
-        return oci.Runtime(os.path.join(self.run_dir, "oci"))
+        if self._oci is None:
+            self._oci = oci.Runtime(os.path.join(self.run_dir, "oci"))
+        return self._oci
 
-    @functools.cached_property
+    @property
     def network(self):
         """The bridge's manager, made when a bridged container needs it."""
-        return network.Network(*self._network_settings)
+        if self._network is None:
+            self._network = network.Network(*self._network_settings)
+        return self._network
 
     # -- files ------------------------------------------------------------------------------------------------
     def state_dir(self, name):
@@ -139,7 +152,7 @@ class Runtime:
     def _read(self, name, what):
         try:
             with open(os.path.join(self.state_dir(name), what)) as handle:
-                return json.load(handle)
+                return fastjson.load(handle)
         except FileNotFoundError:
             return None
 
@@ -243,12 +256,12 @@ class Runtime:
                 os.kill(init, signum)
 
         self.update_state(name, status="starting", error=None, stop_requested=False)
-        previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+        previous = {signum: set_handler(signum, forward) for signum in (SIGINT, SIGTERM)}
         try:
             self._supervise(name, echo)
         finally:
             for signum, handler in previous.items():
-                signal.signal(signum, handler)
+                set_handler(signum, handler)
         return self.state(name)
 
     def _supervise(self, name, echo=None):
@@ -285,7 +298,7 @@ class Runtime:
 
     def _run_once(self, name, config, restarts, echo=None):
         record = self.store.image(config["image"])
-        with contextlib.ExitStack() as stack:
+        with Undo() as stack:
             try:
                 if record is None:
                     raise ContainerError(f"image {config['image']} is not in the store; pull it with ns_image")
@@ -338,7 +351,7 @@ class Runtime:
         """SIGTERM to PID 1, SIGKILL after timeout; wait until the shim has cleaned up."""
         state = self.update_state(name, stop_requested=True)
         if state.get("status") == "paused":
-            with contextlib.suppress(cgroups.CgroupError):
+            with suppress(cgroups.CgroupError):
                 cgroups.detect(name).freeze(False)
         init = state.get("pid")
         if init and _alive(init):
@@ -355,7 +368,7 @@ class Runtime:
         return self.state(name)
 
     def _kill(self, name, signal_name):
-        with contextlib.suppress(oci.OciError):  # it ended meanwhile
+        with suppress(oci.OciError):  # it ended meanwhile
             self.oci.kill(name, signal_name)
 
     def pause(self, name, paused=True):
@@ -373,23 +386,21 @@ class Runtime:
         config = self.config(name)
         if config is None or config.get("network") == "bridge":
             self.network.teardown(name, published=config is None or bool(config.get("published_ports")))
-        with contextlib.suppress(oci.OciError, cgroups.CgroupError):
+        with suppress(oci.OciError, cgroups.CgroupError):
             # A shim that died leaves its container running: the OCI runtime kills what is in its cgroup.
             self.oci.delete(name, force=True)
-        with contextlib.suppress(cgroups.CgroupError):
+        with suppress(cgroups.CgroupError):
             cgroups.detect(name).kill_all()
         overlay.unmount_rootfs(self.data_dir(name))
-        with contextlib.suppress(cgroups.CgroupError):
+        with suppress(cgroups.CgroupError):
             cgroups.detect(name).remove()
-        import shutil  # noqa: PLC0415 - not on a container's start
-
-        shutil.rmtree(self.data_dir(name), ignore_errors=True)
-        shutil.rmtree(self.state_dir(name), ignore_errors=True)
+        paths.remove_tree(self.data_dir(name))
+        paths.remove_tree(self.state_dir(name))
 
     def bundle(self, name):
         """The OCI runtime-spec document of the container's current (or last) start."""
-        with contextlib.suppress(FileNotFoundError), open(os.path.join(self.data_dir(name), "config.json")) as handle:
-            return json.load(handle)
+        with suppress(FileNotFoundError), open(os.path.join(self.data_dir(name), "config.json")) as handle:
+            return fastjson.load(handle)
         return None
 
     def exec(self, name, argv, env=None, user=None, working_dir=None, stdin=b""):
@@ -417,7 +428,7 @@ class Runtime:
             for fd in (in_write, out_read, err_read):
                 os.close(fd)
             # As a shell says it (and docker exec): 127 for a program that is not there, 126 for one not run.
-            return (127 if "FileNotFoundError" in str(exc) else 126), b"", str(exc).encode()
+            return (127 if "no such executable" in str(exc) else 126), b"", str(exc).encode()
         finally:
             for fd in (in_read, out_write, err_write):
                 os.close(fd)
@@ -436,7 +447,7 @@ class Runtime:
 
     def logs(self, name):
         path = os.path.join(self.data_dir(name), "container.log")
-        with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
+        with suppress(FileNotFoundError), open(path, "rb") as handle:
             return handle.read()
         return b""
 

@@ -1,12 +1,11 @@
 # Copyright: mooring developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """mooring-ctr's docker-like command line (bin/mooring-ctr's usage): pull, load, images, rmi, run, ps, stop, rm,
-exec, logs. Imported only when the call is not the OCI runtime's (oci_cli.py), so that argparse and the image
-store stay off the shim's path; a module, so that it is byte-compiled like the rest."""
+exec, logs. Imported only when the call is not the OCI runtime's (oci_cli.py), so that the image store stays off
+the shim's path; a module, so that it is byte-compiled like the rest."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -196,116 +195,163 @@ def cmd_logs(options):
     sys.stdout.buffer.write(_runtime(options).logs(options.name))
 
 
-def _key_value(option):
-    def parse(text):
-        if "=" not in text:
-            raise argparse.ArgumentTypeError(f"{option} takes KEY=VALUE, got {text!r}")
-        return text
-
-    return parse
-
-
-def _add_run(commands):
-    sub = commands.add_parser("run")
-    sub.add_argument("--rm", action="store_true")
-    sub.add_argument("-d", "--detach", action="store_true")
-    sub.add_argument("--name", default=None)
-    sub.add_argument("-e", "--env", action="append", default=[])
-    sub.add_argument("-p", "--publish", action="append", default=[])
-    sub.add_argument("-v", "--volume", action="append", default=[])
-    sub.add_argument("-m", "--memory", default=None)
-    sub.add_argument("--cpus", type=float, default=None)
-    sub.add_argument("--pids-limit", type=int, default=None)
-    sub.add_argument("--network", choices=["bridge", "host", "none"], default="bridge")
-    sub.add_argument("--read-only", action="store_true")
-    sub.add_argument("--restart", default="no")
-    sub.add_argument("--privileged", action="store_true")
-    sub.add_argument("--cap-add", action="append", default=[])
-    sub.add_argument("--cap-drop", action="append", default=[])
-    sub.add_argument("--security-opt", action="append", default=[])
-    sub.add_argument("--device", action="append", default=[])
-    sub.add_argument("--sysctl", action="append", default=[], type=_key_value("--sysctl"))
-    sub.add_argument("--ulimit", action="append", default=[])
-    sub.add_argument("--oom-score-adj", type=int, default=None)
-    sub.add_argument("image")
-    sub.add_argument("command", nargs=argparse.REMAINDER)
-
-
-def _add_pull(commands):
-    sub = commands.add_parser("pull")
-    sub.add_argument("image")
-    sub.add_argument("--username", default=None)
-    sub.add_argument("--password-stdin", action="store_true")
-    sub.add_argument("--ca-cert", default=None)
-    sub.add_argument("--insecure", action="store_true")
-
-
-def _add_load(commands):
-    sub = commands.add_parser("load")
-    sub.add_argument("-i", "--input", required=True)
-    sub.add_argument("--name", default=None)
-
-
-def _add_stop(commands):
-    sub = commands.add_parser("stop")
-    sub.add_argument("-t", "--time", type=int, default=10)
-    sub.add_argument("name")
-
-
-def _add_rm(commands):
-    sub = commands.add_parser("rm")
-    sub.add_argument("-f", "--force", action="store_true")
-    sub.add_argument("name")
-
-
-def _add_exec(commands):
-    sub = commands.add_parser("exec")
-    sub.add_argument("name")
-    sub.add_argument("command", nargs=argparse.REMAINDER)
-
-
+# The command line, parsed by hand: argparse (with re, gettext, locale and shutil behind it) cost a
+# `mooring-ctr run` ~8 ms. An option is (names, kind, default); its attribute is its last name's, as argparse's.
+_FLAG, _APPEND = "flag", "append"
+_RUN = (
+    (("--rm",), _FLAG, False), (("-d", "--detach"), _FLAG, False), (("--name",), str, None),
+    (("-e", "--env"), _APPEND, ()), (("-p", "--publish"), _APPEND, ()), (("-v", "--volume"), _APPEND, ()),
+    (("-m", "--memory"), str, None), (("--cpus",), float, None), (("--pids-limit",), int, None),
+    (("--network",), ("bridge", "host", "none"), "bridge"), (("--read-only",), _FLAG, False),
+    (("--restart",), str, "no"), (("--privileged",), _FLAG, False), (("--cap-add",), _APPEND, ()),
+    (("--cap-drop",), _APPEND, ()), (("--security-opt",), _APPEND, ()), (("--device",), _APPEND, ()),
+    (("--sysctl",), _APPEND, ()), (("--ulimit",), _APPEND, ()), (("--oom-score-adj",), int, None),
+)  # fmt: skip
+# name: (options, positional arguments, whether the words after them are the container's command)
 _SUBCOMMANDS = {
-    "pull": _add_pull,
-    "load": _add_load,
-    "images": lambda commands: commands.add_parser("images"),
-    "rmi": lambda commands: commands.add_parser("rmi").add_argument("image"),
-    "run": _add_run,
-    "ps": lambda commands: commands.add_parser("ps").add_argument("-a", "--all", action="store_true"),
-    "stop": _add_stop,
-    "rm": _add_rm,
-    "exec": _add_exec,
-    "logs": lambda commands: commands.add_parser("logs").add_argument("name"),
-}
-_GLOBAL_OPTIONS = ("--root", "--run-dir", "--bridge", "--subnet")
+    "pull": (
+        ((("--username",), str, None), (("--password-stdin",), _FLAG, False), (("--ca-cert",), str, None),
+         (("--insecure",), _FLAG, False)),
+        ("image",), False,
+    ),
+    "load": (((("-i", "--input"), str, None), (("--name",), str, None)), (), False),
+    "images": ((), (), False),
+    "rmi": ((), ("image",), False),
+    "run": (_RUN, ("image",), True),
+    "ps": (((("-a", "--all"), _FLAG, False),), (), False),
+    "stop": (((("-t", "--time"), int, 10),), ("name",), False),
+    "rm": (((("-f", "--force"), _FLAG, False),), ("name",), False),
+    "exec": ((), ("name",), True),
+    "logs": ((), ("name",), False),
+}  # fmt: skip
+_GLOBAL_OPTIONS = (
+    (("--root",), str, "/var/lib/mooring"), (("--run-dir",), str, "/run/mooring"),
+    (("--bridge",), str, network.BRIDGE), (("--subnet",), str, network.SUBNET),
+)  # fmt: skip
+_REQUIRED = {"load": ("input",)}
+_KEY_VALUE = ("sysctl",)
 
 
-def _command_in(argv):
-    """The subcommand that argv names after the global options, or None."""
-    words = iter(argv)
-    for word in words:
-        if word in _GLOBAL_OPTIONS:
-            next(words, None)
-        elif not word.startswith("-"):
-            return word if word in _SUBCOMMANDS else None
-        elif word.split("=", 1)[0] not in _GLOBAL_OPTIONS:
-            return None
-    return None
+class UsageError(Exception):
+    """A command line that does not parse (None: -h/--help); main() prints it with the usage and returns 2."""
+
+    def __init__(self, message, command=None):
+        super().__init__(message)
+        self.command = command
 
 
-def parser(argv=None):
-    """The command line's parser; with argv, only the subcommand it names is built (each costs a few
-    milliseconds of a `mooring-ctr run` otherwise), all of them for help and for a call that names none."""
-    top = argparse.ArgumentParser(prog="mooring-ctr", description=__doc__.split("\n\n", maxsplit=1)[0])
-    top.add_argument("--root", default="/var/lib/mooring")
-    top.add_argument("--run-dir", default="/run/mooring")
-    top.add_argument("--bridge", default=network.BRIDGE)
-    top.add_argument("--subnet", default=network.SUBNET)
-    commands = top.add_subparsers(dest="action", required=True)
-    named = _command_in(argv) if argv is not None else None
-    for name, add in _SUBCOMMANDS.items():
-        if named in (None, name):
-            add(commands)
-    return top
+class Options:
+    """The parsed command line: an attribute per option and argument."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
+def _attribute(names):
+    return names[-1].lstrip("-").replace("-", "_")
+
+
+def usage(command=None):
+    """The usage line of a subcommand (of the whole command line without one)."""
+    if command is None:
+        names = ",".join(_SUBCOMMANDS)
+        return f"usage: mooring-ctr [--root DIR] [--run-dir DIR] [--bridge NAME] [--subnet CIDR] {{{names}}} ..."
+    options, positional, remainder = _SUBCOMMANDS[command]
+    words = []
+    for names, kind, _default in options:
+        shown = "|".join(names)
+        if kind == _FLAG:
+            words.append(f"[{shown}]")
+        else:
+            value = "{" + ",".join(kind) + "}" if isinstance(kind, tuple) else _attribute(names).upper()
+            words.append(f"[{shown} {value}]" + ("..." if kind == _APPEND else ""))
+    words += [name.upper() for name in positional] + (["[COMMAND...]"] if remainder else [])
+    return " ".join(["usage: mooring-ctr", command, *words])
+
+
+def _take_options(args, options, values, stop_at_positional):
+    """Consume args into values by the option table; return the words that are not options (with
+    stop_at_positional, the first such word and every word after it)."""
+    table = {name: (names, kind) for names, kind, _default in options for name in names}
+    rest, index = [], 0
+    while index < len(args):
+        word = args[index]
+        index += 1
+        if word == "--":
+            rest += args[index:]
+            break
+        if not word.startswith("-") or word == "-":
+            rest.append(word)
+            if stop_at_positional:
+                rest += args[index:]
+                break
+            continue
+        if word in ("-h", "--help"):
+            raise UsageError(None)
+        if word.startswith("--"):
+            name, has_value, value = word.partition("=")
+        else:  # -eK=V, as -e K=V
+            name, value = word[:2], word[2:]
+            has_value = bool(value)
+        if name not in table:
+            raise UsageError(f"unknown option {name}")
+        names, kind = table[name]
+        attribute = _attribute(names)
+        if kind == _FLAG:
+            if has_value:
+                raise UsageError(f"{name} takes no value")
+            values[attribute] = True
+            continue
+        if not has_value:
+            if index >= len(args):
+                raise UsageError(f"{name} needs a value")
+            value = args[index]
+            index += 1
+        values[attribute] = _convert(name, attribute, kind, value, values.get(attribute))
+    return rest
+
+
+def _convert(name, attribute, kind, value, before):
+    if kind == _APPEND:
+        if attribute in _KEY_VALUE and "=" not in value:
+            raise UsageError(f"{name} takes KEY=VALUE, got {value!r}")
+        return [*before, value]
+    if isinstance(kind, tuple):
+        if value not in kind:
+            raise UsageError(f"{name} must be one of {', '.join(kind)}, got {value!r}")
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        raise UsageError(f"{name} takes {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+
+
+def parse(argv):
+    """The command line argv (sys.argv[1:]) as Options; UsageError when it does not parse."""
+    values = {_attribute(names): default for names, _kind, default in _GLOBAL_OPTIONS}
+    words = _take_options(argv, _GLOBAL_OPTIONS, values, stop_at_positional=True)
+    if not words or words[0] not in _SUBCOMMANDS:
+        raise UsageError(f"unknown command {words[0]!r}" if words else "a command is needed")
+    command = values["action"] = words[0]
+    options, positional, remainder = _SUBCOMMANDS[command]
+    values.update(
+        (_attribute(names), list(default) if kind == _APPEND else default) for names, kind, default in options
+    )
+    try:
+        rest = _take_options(words[1:], options, values, stop_at_positional=remainder)
+        if len(rest) < len(positional) or (len(rest) > len(positional) and not remainder):
+            expected = " ".join(name.upper() for name in positional) or "no argument"
+            raise UsageError(f"expected {expected}, got {' '.join(rest) or 'none'}")
+        values.update(zip(positional, rest))
+        if remainder:
+            command_words = rest[len(positional) :]
+            values["command"] = command_words[1:] if command_words[:1] == ["--"] else command_words
+        for attribute in _REQUIRED.get(command, ()):
+            if values[attribute] is None:
+                raise UsageError(f"--{attribute} is required")
+    except UsageError as exc:
+        raise UsageError(exc.args[0], command) from None
+    return Options(**values)
 
 
 class Refused(Exception):
@@ -314,7 +360,14 @@ class Refused(Exception):
 
 def main():
     """The exit status of the call in sys.argv (bin/mooring-ctr exits with it)."""
-    options = parser(sys.argv[1:]).parse_args()
+    try:
+        options = parse(sys.argv[1:])
+    except UsageError as exc:
+        if exc.args[0] is None:
+            _say(usage(exc.command) + "\n\n" + __doc__.split("\n\n", maxsplit=1)[0].replace("\n", " "))
+            return 0
+        _say(f"{usage(exc.command)}\nmooring-ctr: {exc}", sys.stderr)
+        return 2
     if os.geteuid() != 0:
         _say("mooring-ctr must run as root (namespaces, cgroups, mounts)", sys.stderr)
         return 1

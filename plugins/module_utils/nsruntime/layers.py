@@ -15,12 +15,11 @@ Images come from a registry v2 (module_utils/harbor.py's client: basic or bearer
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import stat
 
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import paths
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import fastjson, paths
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.lean import suppress
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import name_digest, write_json
 
 DIGEST_PREFIX = "sha256:"
@@ -216,7 +215,7 @@ class Store:
     def image(self, name):
         try:
             with open(self._record_path(name)) as record:
-                return json.load(record)
+                return fastjson.load(record)
         except FileNotFoundError:
             return None
 
@@ -224,7 +223,7 @@ class Store:
         records = []
         for entry in sorted(os.listdir(self.image_dir)) if os.path.isdir(self.image_dir) else []:
             with open(os.path.join(self.image_dir, entry)) as record:
-                records.append(json.load(record))
+                records.append(fastjson.load(record))
         return records
 
     def save_image(self, record):
@@ -246,10 +245,10 @@ class Store:
         directory = os.path.join(self.root, "containers")
         for name in os.listdir(directory) if os.path.isdir(directory) else []:
             with (
-                contextlib.suppress(FileNotFoundError, ValueError),
+                suppress(FileNotFoundError, ValueError),
                 open(os.path.join(directory, name, "layers.json")) as handle,
             ):
-                found.update(json.load(handle))
+                found.update(fastjson.load(handle))
         return found
 
     def collect_garbage(self):
@@ -425,7 +424,7 @@ def pull(store, client, reference, platform=PLATFORM):
     digest = DIGEST_PREFIX + _sha256(raw).hexdigest()
     if tag.startswith(DIGEST_PREFIX) and digest != tag:
         raise ImageError(f"{reference}: the manifest's sha256 is {digest}; rejected")
-    manifest = json.loads(raw)
+    manifest = fastjson.loads(raw)
     index_digest = None
     if media_type in INDEX_TYPES or "manifests" in manifest:
         index_digest = digest
@@ -440,14 +439,14 @@ def pull(store, client, reference, platform=PLATFORM):
         digest = DIGEST_PREFIX + _sha256(raw).hexdigest()
         if digest != chosen[0]:
             raise ImageError(f"{reference}: the platform manifest's sha256 is {digest}, not {chosen[0]}; rejected")
-        manifest = json.loads(raw)
+        manifest = fastjson.loads(raw)
     store.put_blob(digest, [raw], f"{reference} manifest")
     config_digest = manifest["config"]["digest"]
     store.put_blob(
         config_digest, _chunks(client.blob(repository, config_digest)), f"{reference} config",
         _size(manifest["config"], f"{reference} config"),
     )  # fmt: skip
-    config = json.loads(store.read_blob(config_digest))
+    config = fastjson.loads(store.read_blob(config_digest))
     diff_ids = config.get("rootfs", {}).get("diff_ids", [])
     if len(diff_ids) != len(manifest["layers"]):
         raise ImageError(
@@ -481,12 +480,12 @@ def import_archive(store, path, name=None):
     records = []
     try:
         with tarfile.open(path) as archive:
-            index = json.load(archive.extractfile("manifest.json"))
+            index = fastjson.load(archive.extractfile("manifest.json"))
             for entry in index:
                 config_raw = archive.extractfile(entry["Config"]).read()
                 config_digest = DIGEST_PREFIX + _sha256(config_raw).hexdigest()
                 store.put_blob(config_digest, [config_raw], f"{path} config")
-                config = json.loads(config_raw)
+                config = fastjson.loads(config_raw)
                 diff_ids = config.get("rootfs", {}).get("diff_ids", [])
                 if len(diff_ids) != len(entry["Layers"]):
                     raise ImageError(
@@ -501,7 +500,7 @@ def import_archive(store, path, name=None):
                     )  # fmt: skip
                     store.unpack(diff_id, diff_id, f"{path} {member_name}")
                     layers.append({"blob": diff_id, "diff_id": diff_id})
-                manifest = json.dumps({"config": config_digest, "layers": entry["Layers"]}, sort_keys=True).encode()
+                manifest = fastjson.dumps({"config": config_digest, "layers": entry["Layers"]}, sort_keys=True).encode()
                 manifest_digest = DIGEST_PREFIX + _sha256(manifest).hexdigest()
                 store.put_blob(manifest_digest, [manifest], f"{path} manifest")
                 for tag in (entry.get("RepoTags") or []) if name is None else [name]:

@@ -15,11 +15,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import paths, seccomp, spec, syscalls
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.lean import suppress
 
 _MOUNT_FLAGS = {
     "ro": syscalls.MS_RDONLY, "rw": 0, "nosuid": syscalls.MS_NOSUID, "suid": 0, "nodev": syscalls.MS_NODEV,
@@ -54,7 +54,7 @@ def _options(options):
 def _device(directory, name, device, host_path):
     kind = stat.S_IFCHR if device["type"] in ("c", "u") else stat.S_IFBLK if device["type"] == "b" else stat.S_IFIFO
     number = os.makedev(device.get("major", 0), device.get("minor", 0))
-    with contextlib.suppress(FileNotFoundError):
+    with suppress(FileNotFoundError):
         os.unlink(name, dir_fd=directory)
     try:
         os.mknod(name, kind | 0o600, number, dir_fd=directory)
@@ -85,7 +85,7 @@ def _populate_dev(root_fd, document):
                 dev, os.path.basename(path), {"type": kind, "major": major, "minor": minor, "fileMode": 0o666}, path
             )
         for name, target in _DEV_LINKS:
-            with contextlib.suppress(FileExistsError):
+            with suppress(FileExistsError):
                 os.symlink(target, name, dir_fd=dev)
     finally:
         os.close(dev)
@@ -207,7 +207,7 @@ def _bind_cgroups(root_fd, destination, read_only, host, own):
             directory = paths.open_in_root(root_fd, destination)
             try:
                 for alias in name.split(","):
-                    with contextlib.suppress(FileExistsError):
+                    with suppress(FileExistsError):
                         os.symlink(name, alias, dir_fd=directory)
             finally:
                 os.close(directory)
@@ -294,7 +294,7 @@ def _become(process, seccomp_program=None):
     uid, gid = user.get("uid", 0), user.get("gid", 0)
     # As runc does: the user owns its stdio pipes, so that it can reopen /dev/stdout (/proc/self/fd/1).
     for fd in (0, 1, 2):
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             if stat.S_ISFIFO(os.fstat(fd).st_mode):
                 os.fchown(fd, uid, gid)
     if seccomp_program and not process.get("noNewPrivileges"):

@@ -15,10 +15,10 @@ Every step is undone by `teardown`, in the reverse order, whether or not the con
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import fastjson
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.lean import suppress
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import locked, name_digest
 
 BRIDGE = "mooring0"
@@ -107,21 +107,21 @@ class Network:
         masquerade = ["-s", str(self.subnet), "!", "-o", self.bridge, "-j", "MASQUERADE"]
         _run("iptables", "-w", "-t", "nat", "-D", POSTROUTING_CHAIN, *masquerade, check=False)
         _run("ip", "link", "delete", self.bridge, check=False)
-        with contextlib.suppress(FileNotFoundError):
+        with suppress(FileNotFoundError):
             os.unlink(os.path.join(self.state_dir, f"{self.bridge}.ready"))
 
     # -- leases ------------------------------------------------------------------------------------------------
     def _leases(self):
         try:
             with open(self.leases_file) as handle:
-                return json.load(handle)
+                return fastjson.load(handle)
         except FileNotFoundError:
             return {}
 
     def _save_leases(self, leases):
         temporary = self.leases_file + ".tmp"
         with open(temporary, "w") as handle:
-            json.dump(leases, handle, indent=1, sort_keys=True)
+            handle.write(fastjson.dumps(leases, sort_keys=True, indent=1))
         os.replace(temporary, self.leases_file)
 
     def lease(self, name):
@@ -237,7 +237,7 @@ def write_etc(directory, hostname, address):
             handle.write(f"{address}\t{hostname}\n")
     resolv = os.path.join(directory, "resolv.conf")
     servers = []
-    with contextlib.suppress(FileNotFoundError), open("/etc/resolv.conf") as host:
+    with suppress(FileNotFoundError), open("/etc/resolv.conf") as host:
         for line in host:
             words = line.split()
             # A resolver on the host's loopback cannot be reached from another network namespace.

@@ -6,10 +6,9 @@ light."""
 
 from __future__ import annotations
 
-import json
 import os
 
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, namespaces, spec
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, fastjson, namespaces, spec
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci import HOOK_KINDS, OciError
 
 NAMESPACE_NAMES = ("pid", "network", "mount", "ipc", "uts", "cgroup", "user", "time")
@@ -72,7 +71,7 @@ def load_bundle(bundle):
     path = os.path.join(bundle, "config.json")
     try:
         with open(path) as handle:
-            document = json.load(handle)
+            document = fastjson.load(handle)
     except FileNotFoundError:
         raise OciError(f"bundle {bundle} has no config.json") from None
     except (OSError, ValueError) as exc:

@@ -19,6 +19,8 @@ import os
 import sys
 import time
 
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import fastjson
+
 COMMANDS = ("create", "start", "state", "kill", "delete", "features", "exec", "ps", "pause", "resume", "update")
 _GLOBAL_VALUES = ("--root", "--log", "--log-format", "--criu", "--rootless")
 _GLOBAL_FLAGS = ("--debug", "--systemd-cgroup")
@@ -135,14 +137,13 @@ def _parse_exec(args):
 
 def _exec_process(options, command, document):
     """The process to run: --process's file, or config.json's process with COMMAND and the options over it."""
-    import json  # noqa: PLC0415 - not on the calls that need none
 
     if options.get("--process"):
         if command:
             raise UsageError("exec: give either --process FILE or a COMMAND, not both")
         try:
             with open(options["--process"]) as handle:
-                process = json.load(handle)
+                process = fastjson.load(handle)
         except (OSError, ValueError) as exc:
             raise UsageError(f"--process {options['--process']}: {exc}") from None
         if not isinstance(process, dict):
@@ -175,11 +176,10 @@ def _log(options, message):
     path = options.get("--log")
     if not path:
         return
-    import json  # noqa: PLC0415 - not on the calls that need none
 
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if options.get("--log-format") == "json":
-        line = json.dumps({"level": "error", "msg": message, "time": now})
+        line = fastjson.dumps({"level": "error", "msg": message, "time": now})
     else:
         line = f"{now} error: {message}"
     try:
@@ -221,7 +221,6 @@ def _exec(runtime, rest):
 
 
 def _ps(runtime, rest):
-    import json  # noqa: PLC0415 - not on the calls that need none
 
     options, (container_id,) = _parse(rest, values=(("--format", "-f"),))
     layout = options.get("--format", "table")
@@ -229,7 +228,7 @@ def _ps(runtime, rest):
         raise UsageError(f"--format takes table or json, got {layout!r}")
     pids = runtime.processes(container_id)
     if layout == "json":
-        sys.stdout.write(json.dumps(pids) + "\n")
+        sys.stdout.write(fastjson.dumps(pids) + "\n")
     else:
         sys.stdout.write("PID\tCMD\n" + "".join(f"{pid}\t{_command_line(pid)}\n" for pid in pids))
     return 0
@@ -248,7 +247,6 @@ _UPDATE_OPTIONS = {
 def _update(runtime, rest):
     """runc's update: --resources FILE (or - for stdin: containerd's shim sends linux.resources so) and/or the
     single-limit options, which win over the file's values."""
-    import json  # noqa: PLC0415 - not on the calls that need none
 
     options, (container_id,) = _parse(rest, values=(("--resources", "-r"), *((name,) for name in _UPDATE_OPTIONS)))
     resources = {}
@@ -256,10 +254,10 @@ def _update(runtime, rest):
         source = options["--resources"]
         try:
             if source == "-":
-                resources = json.load(sys.stdin)
+                resources = fastjson.load(sys.stdin)
             else:
                 with open(source) as handle:
-                    resources = json.load(handle)
+                    resources = fastjson.load(handle)
         except (OSError, ValueError) as exc:
             raise UsageError(f"--resources {source}: {exc}") from None
         if not isinstance(resources, dict):
@@ -291,9 +289,8 @@ def _simple(call, positional=(1, 1), flags=()):
 
 
 def _print_json(value):
-    import json  # noqa: PLC0415 - not on the calls that need none
 
-    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+    sys.stdout.write(fastjson.dumps(value, indent=2) + "\n")
 
 
 _COMMANDS = {

@@ -15,17 +15,12 @@ through a close-on-exec pipe.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
-import signal
-import socket
 import struct
 
-# Loaded here for oci._run_hooks' own import: PID 1 runs the startContainer hooks after its pivot.
-import subprocess  # noqa: F401  pylint: disable=unused-import
-
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, namespaces, seccomp, spec, syscalls
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import cgroups, namespaces, spec, syscalls
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.lean import SIGKILL, suppress
 from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.oci import (
     OciError,
     _hook_state,
@@ -69,17 +64,24 @@ def _close_all_but(*keep):
     for name in os.listdir("/proc/self/fd"):
         number = int(name)
         if number not in keep:
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.close(number)
 
 
-def spawn(document, record, directory, group, stdio=None, preserve_fds=0):
+def _load_for_pid_1(document):
+    """What PID 1 imports after its pivot, where the host's modules are out of sight, loaded now: subprocess for
+    the startContainer hooks (oci._run_hooks)."""
+    if (document.get("hooks") or {}).get("startContainer"):
+        import subprocess  # noqa: F401, PLC0415  pylint: disable=unused-import
+
+
+def spawn(document, record, directory, group, seccomp_program, stdio=None, preserve_fds=0):
     """Fork the intermediate and PID 1 (see the module's docstring); return PID 1's pid once it waits at the
     FIFO. stdio: three descriptors for the process's stdin, stdout and stderr (else the runtime's own);
     preserve_fds: how many more (3, 4, ...) the process gets. Raises OciError with PID 1's own message when it
-    failed."""
+    failed. seccomp_program: the filter of linux.seccomp, compiled (None: none)."""
     document["mooring_preserve_fds"] = preserve_fds
-    seccomp_program = seccomp.compile_filter(document["linux"]["seccomp"]) if document["linux"].get("seccomp") else None
+    _load_for_pid_1(document)
     kinds = {ns["type"]: ns.get("path") for ns in document["linux"].get("namespaces") or []}
     to_child_read, to_child_write = os.pipe2(os.O_CLOEXEC)
     from_child_read, from_child_write = os.pipe2(os.O_CLOEXEC)
@@ -92,10 +94,8 @@ def spawn(document, record, directory, group, stdio=None, preserve_fds=0):
     intermediate = os.fork()
     if intermediate == 0:
         _take_stdio(stdio)
-        _intermediate(document, record, kinds, fifo_handles, (to_child_read, from_child_write), seccomp_program)
-    os.close(to_child_read)
-    os.close(from_child_write)
-    for handle in fifo_handles:
+        _intermediate(document, record, kinds, fifo_handles, (to_child_read, from_child_write), seccomp_program, group)
+    for handle in (to_child_read, from_child_write, *fifo_handles):
         os.close(handle)
     init = None
     try:
@@ -110,7 +110,9 @@ def spawn(document, record, directory, group, stdio=None, preserve_fds=0):
             raise OciError(f"container {record['id']}: {_text(message)}")
         init = struct.unpack("i", message[1:5])[0]
         record["pid"] = init
-        group.add(init)
+        if "user" in kinds:
+            # PID 1 is root of its own user namespace, to which the host's cgroup files are not writable.
+            group.add(init)
         os.write(to_child_write, b"g")
         message = _read_message(from_child_read)
         if message != b"N":
@@ -128,8 +130,8 @@ def spawn(document, record, directory, group, stdio=None, preserve_fds=0):
         return init
     except BaseException:
         if init:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(init, signal.SIGKILL)
+            with suppress(ProcessLookupError):
+                os.kill(init, SIGKILL)
         raise
     finally:
         os.close(to_child_write)
@@ -141,9 +143,10 @@ def spawn(document, record, directory, group, stdio=None, preserve_fds=0):
 
 def run_exec(record, document, group, process, console_socket, detach, stdio=None, preserve_fds=0):
     """exec's fork (Runtime.exec holds the container's lock): the forked side joins the container's cgroup and
-    namespaces and forks the process (with stdio as spawn's). Returns (the forked side's pid, the process's pid)
-    once the process exec'd; raises OciError with the process's own message when it did not."""
-    program = seccomp.compile_filter(document["linux"]["seccomp"]) if document["linux"].get("seccomp") else None
+    namespaces and forks the process (with stdio as spawn's) under the seccomp program the caller compiled
+    (document's mooring_seccomp_program). Returns (the forked side's pid, the process's pid) once the process
+    exec'd; raises OciError with the process's own message when it did not."""
+    program = document.get("mooring_seccomp_program")
     kinds = [ns["type"] for ns in document["linux"].get("namespaces") or []]
     handles = {
         kind: os.open(f"/proc/{record['pid']}/ns/{_PROC_NS[kind]}", os.O_RDONLY | os.O_CLOEXEC)
@@ -180,28 +183,38 @@ def run_exec(record, document, group, process, console_socket, detach, stdio=Non
     return middle, pid
 
 
-@contextlib.contextmanager
-def _console(path):
+class _console:  # a context manager as the function it was, without contextlib's import
     """A connection to the console socket at path (None: no terminal); its descriptor goes on into the forks."""
-    if not path:
-        yield None
-        return
-    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        connection.connect(path)
-    except OSError as exc:
-        connection.close()
-        raise OciError(f"--console-socket {path}: {exc.strerror or exc}") from None
-    try:
-        yield connection.fileno()
-    finally:
-        connection.close()
+
+    def __init__(self, path):
+        self.path = path
+        self.connection = None
+
+    def __enter__(self):
+        if not self.path:
+            return None
+        import socket  # noqa: PLC0415 - loaded before the forks: PID 1 takes its terminal after the pivot
+
+        self.connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.connection.connect(self.path)
+        except OSError as exc:
+            self.connection.close()
+            raise OciError(f"--console-socket {self.path}: {exc.strerror or exc}") from None
+        return self.connection.fileno()
+
+    def __exit__(self, *_exc):
+        if self.connection is not None:
+            self.connection.close()
+        return False
 
 
 def _take_terminal(console, process, console_path):
     """In the container's mount namespace: a new pty from its devpts (/dev/ptmx), the master sent through the
     console socket, the slave made this process's controlling terminal and its stdio, owned by the process's user
     (and bound onto console_path, as runc binds /dev/console)."""
+    import socket  # noqa: PLC0415 - _console loaded it before the fork
+
     master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     try:
         fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
@@ -217,7 +230,7 @@ def _take_terminal(console, process, console_path):
     if user.get("uid", 0) != 0:  # as runc: root keeps devpts's own group (tty); another user owns its terminal
         os.fchown(slave, user["uid"], user.get("gid", 0))
     if console_path:
-        with contextlib.suppress(FileExistsError):
+        with suppress(FileExistsError):
             os.close(os.open(console_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         syscalls.mount(slave_path, console_path, None, syscalls.MS_BIND)
     os.setsid()
@@ -228,13 +241,19 @@ def _take_terminal(console, process, console_path):
 
 
 def _loopback_up():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as handle:
+    handle = syscalls.socket(syscalls.AF_INET, syscalls.SOCK_DGRAM)
+    try:
         request = struct.pack("16sH22x", b"lo", 0)
-        flags = struct.unpack("16sH22x", fcntl.ioctl(handle.fileno(), 0x8913, request))[1]  # SIOCGIFFLAGS
-        fcntl.ioctl(handle.fileno(), 0x8914, struct.pack("16sH22x", b"lo", flags | 0x1 | 0x40))  # SIOCSIFFLAGS
+        flags = struct.unpack("16sH22x", fcntl.ioctl(handle, 0x8913, request))[1]  # SIOCGIFFLAGS
+        fcntl.ioctl(handle, 0x8914, struct.pack("16sH22x", b"lo", flags | 0x1 | 0x40))  # SIOCSIFFLAGS
+    finally:
+        os.close(handle)
 
 
 def _find_executable(process):
+    """The path that process.args[0] names in the container, looked up in the process's PATH as runc does (from
+    the working directory): what is exec'd, so that the exec needs no lookup of its own (os.execvpe's imports a
+    module, and the host's modules are out of sight by then)."""
     command = process["args"][0]
     env = namespaces._env(process)
     if "/" in command:
@@ -243,11 +262,11 @@ def _find_executable(process):
         candidates = [os.path.join(entry or ".", command) for entry in env.get("PATH", spec.DEFAULT_PATH).split(":")]
     for candidate in candidates:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return
+            return candidate
     raise OciError(f"process.args[0] {command!r}: no such executable in the container")
 
 
-def _intermediate(document, record, kinds, fifo_handles, channels, seccomp_program):
+def _intermediate(document, record, kinds, fifo_handles, channels, seccomp_program, group):
     """Enter or make the PID namespace, fork PID 1 into it, tell the runtime its pid, exit. Never returns."""
     from_runtime, to_runtime = channels
     try:
@@ -265,11 +284,11 @@ def _intermediate(document, record, kinds, fifo_handles, channels, seccomp_progr
             syscalls.unshare(syscalls.CLONE_NEWPID)
         init = os.fork()
         if init == 0:
-            _init(document, record, kinds, fifo_handles, channels, seccomp_program)
+            _init(document, record, kinds, fifo_handles, channels, seccomp_program, group)
         os.write(to_runtime, b"P" + struct.pack("i", init))
         os._exit(0)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.write(to_runtime, b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
         os._exit(1)
 
@@ -306,7 +325,7 @@ def _exec_middle(group, handles, process, seccomp_program, channels, detach):
     runtime its pid, and exit (detach) or wait for it and exit with its status. Never returns."""
     status_write, console, kept = channels
     try:
-        group.add(os.getpid())
+        group.enter()
         for kind in _JOIN_ORDER:
             if kind in handles:
                 syscalls.setns(handles[kind], _NAMESPACE_TYPES[kind])
@@ -316,12 +335,13 @@ def _exec_middle(group, handles, process, seccomp_program, channels, detach):
                 if console is not None:
                     _take_terminal(console, process, console_path=None)
                 os.chdir(process["cwd"])
+                executable = _find_executable(process)
                 for fd in kept:
                     os.set_inheritable(fd, True)
                 namespaces._become(process, seccomp_program)
-                os.execvpe(process["args"][0], process["args"], namespaces._env(process))  # noqa: S606
+                os.execve(executable, process["args"], namespaces._env(process))  # noqa: S606
             except BaseException as exc:
-                with contextlib.suppress(OSError):
+                with suppress(OSError):
                     os.write(status_write, b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
             os._exit(127)
         os.write(status_write, b"P" + struct.pack("i", child))
@@ -331,7 +351,7 @@ def _exec_middle(group, handles, process, seccomp_program, channels, detach):
         _pid, status = os.waitpid(child, 0)
         os._exit(namespaces._exit_code(status))
     except BaseException as exc:
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.write(status_write, b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
         os._exit(126)
 
@@ -356,7 +376,7 @@ def _namespaces(kinds):
 def _enter_root(document, record, kinds):
     """Mounts, the createContainer hooks (in the container's mount namespace, before the pivot), pivot_root, the
     root's propagation, hardening, hostname; then the process's executable looked up, so that a missing one fails
-    create rather than start."""
+    create rather than start. Returns its path (None without a process)."""
     rootfs = document["root"]["path"]
     propagation = document["linux"].get("rootfsPropagation")
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
@@ -371,17 +391,20 @@ def _enter_root(document, record, kinds):
         syscalls.sethostname(document["hostname"])
     process = document.get("process")
     if process:
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.makedirs(process["cwd"], mode=0o755, exist_ok=True)
         os.chdir(process["cwd"])
-        _find_executable(process)
+        return _find_executable(process)
+    return None
 
 
-def _init(document, record, kinds, fifo_handles, channels, seccomp_program):
+def _init(document, record, kinds, fifo_handles, channels, seccomp_program, group):
     """PID 1 (see the module's docstring). Never returns."""
     from_runtime, to_runtime = channels
     try:
-        os.read(from_runtime, 1)  # in the cgroup now
+        os.read(from_runtime, 1)  # the runtime knows this process's pid (and moved it into the cgroup: user ns)
+        if "user" not in kinds:
+            group.enter()
         document["mooring_cgroups"] = namespaces.own_cgroups()
         document["mooring_cgroup_mounts"] = cgroups.mounts()
         _namespaces(kinds)
@@ -390,7 +413,7 @@ def _init(document, record, kinds, fifo_handles, channels, seccomp_program):
         if len(go) != 5:
             os._exit(1)
         record["pid"] = struct.unpack("i", go[1:])[0]
-        _enter_root(document, record, kinds)
+        executable = _enter_root(document, record, kinds)
         if document.get("mooring_console") is not None:
             _take_terminal(document["mooring_console"], document["process"], console_path="/dev/console")
         process = document.get("process")
@@ -407,10 +430,10 @@ def _init(document, record, kinds, fifo_handles, channels, seccomp_program):
         for fd in range(3, 3 + document["mooring_preserve_fds"]):
             os.set_inheritable(fd, True)  # --preserve-fds: the caller's descriptors 3, 4, ... go on to the process
         namespaces._become(process, seccomp_program)
-        os.execvpe(process["args"][0], process["args"], namespaces._env(process))  # noqa: S606
+        os.execve(executable, process["args"], namespaces._env(process))  # noqa: S606
     except BaseException as exc:
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.write(to_runtime, b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.write(2, f"mooring-ctr: container {record['id']}: {exc}\n".encode())
     os._exit(127)

@@ -7,9 +7,8 @@ merged)."""
 from __future__ import annotations
 
 import os
-import shutil
 
-from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import syscalls
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import paths, syscalls
 
 # The kernel takes at most a page of mount options; Docker shortens layer paths with symlinks past that.
 MAX_OPTIONS = 4000
@@ -56,4 +55,4 @@ def unmount_rootfs(container_dir, keep_changes=False):
         syscalls.umount(merged, syscalls.MNT_DETACH)
     if not keep_changes:
         for name in ("upper", "work", "merged"):
-            shutil.rmtree(os.path.join(container_dir, name), ignore_errors=True)
+            paths.remove_tree(os.path.join(container_dir, name))

@@ -16,6 +16,8 @@ import errno
 import os
 import stat
 
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.lean import suppress
+
 MAX_LINKS = 40
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -137,3 +139,56 @@ def open_in_root(root_fd, path, create=None, flags=os.O_PATH):
 def fd_path(fd):
     """The path by which mount(2) and friends reach exactly the object behind fd (runc mounts the same way)."""
     return f"/proc/self/fd/{fd}"
+
+
+def remove_tree(path):
+    """Remove path and everything below it, never following a symlink, as shutil.rmtree does (what is gone or
+    cannot be removed is passed over, as its ignore_errors). Without recursion or a descriptor per level: a
+    container's writable layer may hold a directory tree deeper than Python's recursion limit or the descriptor
+    limit, made to leave its removal half done. The walk goes back up through "..", and stops with an OSError if
+    that is not the directory it came down from (the tree moved under it). It also spares a container's start
+    shutil's import (bz2, lzma: ~2 ms)."""
+    above, top = os.path.split(os.path.abspath(path))
+    try:
+        fd = os.open(above, _DIR_FLAGS)
+    except OSError:
+        return
+    # Per level from `above` down: the directory's (st_dev, st_ino), its name in its parent, the names left in it.
+    found = os.fstat(fd)
+    levels = [((found.st_dev, found.st_ino), None, [top])]
+    try:
+        while levels:
+            _identity, name, left = levels[-1]
+            if not left:
+                levels.pop()
+                if not levels:
+                    break
+                parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = parent
+                found = os.fstat(fd)
+                if (found.st_dev, found.st_ino) != levels[-1][0]:
+                    raise OSError(errno.ESTALE, f"{path} moved while it was being removed")
+                with suppress(OSError):
+                    os.rmdir(name, dir_fd=fd)
+                continue
+            entry = left.pop()
+            try:
+                os.unlink(entry, dir_fd=fd)
+                continue
+            except (IsADirectoryError, PermissionError):
+                pass
+            except OSError:
+                continue
+            try:
+                child = os.open(entry, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                continue
+            os.close(fd)
+            fd = child
+            with os.scandir(fd) as listing:
+                names = [item.name for item in listing]
+            found = os.fstat(fd)
+            levels.append(((found.st_dev, found.st_ino), entry, names))
+    finally:
+        os.close(fd)

@@ -11,9 +11,10 @@ Calls the list does not name are refused, so a syscall newer than the list is re
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import json
 import os
+
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import fastjson
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime.state import name_digest
 
 EPERM = 1
 ENOSYS = 38
@@ -113,7 +114,7 @@ def read_profile(path):
     """A profile file in Docker's format (or already in the OCI spec's); ValueError naming security_opts."""
     try:
         with open(path) as handle:
-            profile = json.load(handle)
+            profile = fastjson.load(handle)
     except (OSError, ValueError) as exc:
         raise ValueError(f"security_opts: seccomp={path} is not a readable JSON profile: {exc}") from None
     if not isinstance(profile, dict) or not isinstance(profile.get("defaultAction"), str):
@@ -277,7 +278,7 @@ def compile_filter(spec):
 def cached_filter(spec, cache_dir):
     """compile_filter, kept under cache_dir by the spec's digest: a container's start then costs a file read, not
     libseccomp's hundreds of rule additions."""
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    key = name_digest(fastjson.dumps(spec, sort_keys=True))
     path = os.path.join(cache_dir, f"{key}.bpf")
     try:
         with open(path, "rb") as cached:

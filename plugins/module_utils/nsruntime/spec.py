@@ -14,7 +14,6 @@ cap_add) are checked here, so bad input fails before anything is created.
 
 from __future__ import annotations
 
-import functools
 import os
 import resource
 import stat
@@ -78,14 +77,18 @@ class SpecError(ValueError):
 
 
 # -- options, checked -------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
 def bounding_set():
-    """The capabilities this process may hand on (a container cannot get what its launcher lacks)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("CapBnd:"):
-                mask = int(line.split()[1], 16)
-    return frozenset(name for name, number in CAPABILITIES.items() if mask >> number & 1)
+    """The capabilities this process may hand on (a container cannot get what its launcher lacks); read once."""
+    if not _BOUNDING:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapBnd:"):
+                    mask = int(line.split()[1], 16)
+        _BOUNDING.append(frozenset(name for name, number in CAPABILITIES.items() if mask >> number & 1))
+    return _BOUNDING[0]
+
+
+_BOUNDING = []
 
 
 def capability_set(add=(), drop=(), privileged=False):

@@ -8,6 +8,8 @@ import fcntl
 import os
 import time
 
+from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import fastjson
+
 
 class locked:  # used as a function: `with locked(path):`
     """Hold an exclusive flock on path for the block. Without create, a missing lock file's directory means
@@ -54,7 +56,6 @@ class locked:  # used as a function: `with locked(path):`
 def write_json(path, value):
     """Replace path with value as JSON, atomically and mode 0600 (state and specs hold env values): through a
     temporary file of this writer's own beside it, so two writers never share one."""
-    import json  # noqa: PLC0415 - not on the OCI runtime's calls that write nothing
 
     directory, name = os.path.split(path)
     # A name of this writer's own (O_EXCL), without tempfile: its import is a good part of an OCI call's time.
@@ -63,7 +64,7 @@ def write_json(path, value):
     try:
         with os.fdopen(handle, "w") as output:
             # dumps, not dump: one call into the C encoder (dump to a file runs the pure-Python one).
-            output.write(json.dumps(value, sort_keys=True))
+            output.write(fastjson.dumps(value, sort_keys=True))
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -71,8 +72,8 @@ def write_json(path, value):
 
 
 def name_digest(name):
-    """The hex SHA-256 of a short name (an image record's file, a veth's name), by CPython's own built-in module
-    where there is one: hashlib loads OpenSSL, some 3 ms of a container's start."""
+    """The hex SHA-256 of a text (an image record's file name, a veth's name, a seccomp filter's key), by
+    CPython's own built-in module where there is one: hashlib loads OpenSSL, some 3 ms of a container's start."""
     try:
         from _sha2 import sha256  # noqa: PLC0415 - Python 3.12 and later
     except ImportError:
