@@ -120,6 +120,18 @@ def test_pause_then_resume(runtime, named):
     assert not cgroups.CgroupV1(name).frozen()
 
 
+def test_a_paused_container_is_thawed_by_its_stop_and_ends_on_sigterm(runtime, named):
+    name = named()
+    command = ["/bin/sh", "-c", "trap 'echo got TERM; exit 3' TERM; while true; do sleep 0.2; done"]
+    assert container(runtime, name, image="debian", command=command)["changed"] is True
+    assert container(runtime, name, image="debian", command=command, state="paused")["changed"] is True
+    stopped = container(runtime, name, image="debian", command=command, state="stopped", stop_timeout=10)
+    assert stopped["changed"] is True, stopped["_output"]
+    # Thawed first (through the OCI runtime's resume), so SIGTERM reached the handler, not a SIGKILL later.
+    assert stopped["container"]["state"] == "exited" and stopped["container"]["exit_code"] == 3
+    assert b"got TERM" in rt(runtime).logs(name)
+
+
 def test_stop_escalates_to_sigkill_for_a_process_that_ignores_sigterm(runtime, named):
     name = named()
     command = ["/bin/sh", "-c", "trap 'echo got TERM' TERM; while true; do sleep 0.2; done"]

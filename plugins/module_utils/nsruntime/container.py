@@ -351,8 +351,8 @@ class Runtime:
         """SIGTERM to PID 1, SIGKILL after timeout; wait until the shim has cleaned up."""
         state = self.update_state(name, stop_requested=True)
         if state.get("status") == "paused":
-            with suppress(cgroups.CgroupError):
-                cgroups.detect(name).freeze(False)
+            with suppress(oci.OciError):  # a frozen PID 1 takes no signal; the runtime thaws it (as docker stop)
+                self.oci.pause(name, False)
         init = state.get("pid")
         if init and _alive(init):
             self._kill(name, "SIGTERM")
