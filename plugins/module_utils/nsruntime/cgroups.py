@@ -248,7 +248,8 @@ class CgroupV1:
         """Move the calling process, which must have a single thread (a process just forked), into the cgroup.
         "0" written to `tasks` moves the calling thread, and the kernel then skips the global threadgroup lock
         whose first writer after a quiet spell waits out an RCU grace period (7-13 ms here; cgroup.procs pays
-        it: see the README's benchmark). The process must still be the host's root (not in a user namespace of its own)."""
+        it: see the README's benchmark). The process must still be the host's root (not in a user namespace of its
+        own)."""
         for path in self.paths.values():
             _write(os.path.join(path, "tasks"), 0)
 
