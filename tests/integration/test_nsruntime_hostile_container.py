@@ -279,12 +279,18 @@ def test_a_writable_layer_too_deep_for_recursion_is_removed_whole_without_follow
         'my $top = shift; symlink($top, "to-host") or die; for (1..3000) { mkdir("d") or die; chdir("d") or die } '
         'symlink($top, "to-host") or die; symlink("$top/keep", "keep") or die; print "nested\\n"'
     )
-    code, out, err = rt(runtime).exec(name, ["perl", "-e", nest, str(victim)])
-    assert (code, out) == (0, b"nested\n"), err
-    removed = container(runtime, name, state="absent", stop_timeout=1)
-    assert removed["changed"] is True and not removed.get("failed"), removed["_output"]
-    assert not os.path.exists(rt(runtime).data_dir(name))
-    assert sorted(os.listdir(victim)) == ["keep"] and (victim / "keep").read_text() == "the host's\n"
+    try:
+        code, out, err = rt(runtime).exec(name, ["perl", "-e", nest, str(victim)])
+        assert (code, out) == (0, b"nested\n"), err
+        removed = container(runtime, name, state="absent", stop_timeout=1)
+        assert removed["changed"] is True and not removed.get("failed"), removed["_output"]
+        assert not os.path.exists(rt(runtime).data_dir(name))
+        assert sorted(os.listdir(victim)) == ["keep"] and (victim / "keep").read_text() == "the host's\n"
+    finally:
+        # What a failed removal left: pytest's clean-up of old temporary directories recurses (shutil.rmtree) and
+        # would fail every later session on this tree. GNU rm walks it without recursion.
+        container(runtime, name, state="absent", stop_timeout=1)
+        run(["rm", "-rf", "--one-file-system", rt(runtime).data_dir(name)])
 
 
 def test_the_connection_plugin_never_follows_a_planted_link_to_the_host(runtime, named, tmp_path):

@@ -676,6 +676,51 @@ def test_a_hostile_root_cannot_turn_the_bundles_mounts_onto_the_host(oci, rootfs
         run(["umount", str(merged)])
 
 
+def mounts_under(path):
+    """The mount points at or below path in this process's mount namespace (mountinfo's fifth field)."""
+    with open("/proc/self/mountinfo") as mountinfo:
+        return [line.split()[4] for line in mountinfo if (line.split()[4] + "/").startswith(path + "/")]
+
+
+def root_propagation():
+    with open("/proc/self/mountinfo") as mountinfo:
+        return [line.split(" - ")[0].split()[6:] for line in mountinfo if line.split()[4] == "/"]
+
+
+def test_without_a_mount_namespace_the_container_is_chrooted_in_the_runtimes_and_delete_takes_its_mounts(
+    oci, rootfs, tmp_path
+):
+    """The spec: a namespace type that linux.namespaces does not list is the runtime's (the OCI suite's
+    linux_ns_itype). The root is then bound onto itself in the runtime's mount namespace, privately (nothing
+    mounted in it propagates anywhere), mounted in, and chrooted into (pivot_root would move the root of every
+    process there), as runc does; exec'd processes join that root; delete detaches it all. The host's mounts and
+    its root's propagation are as they were, also after a create that failed half way."""
+    before, propagation = mounts_under(rootfs), root_propagation()
+    kinds = ("pid", "network", "ipc", "uts", "cgroup")
+    document = config(rootfs, ["sleep", "60"], linux__namespaces=[{"type": kind} for kind in kinds])
+    container_id = new_id()
+    created = oci("create", "--bundle", bundle(tmp_path, document), container_id)
+    assert created.returncode == 0, created.stderr
+    pid = json.loads(oci("state", container_id).stdout)["pid"]
+    assert os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+    assert os.readlink(f"/proc/{pid}/root") == rootfs
+    assert {rootfs, f"{rootfs}/proc", f"{rootfs}/dev", f"{rootfs}/sys"} <= set(mounts_under(rootfs))
+    assert oci("start", container_id).returncode == 0
+    ran = oci("exec", container_id, "sh", "-c", "cat /etc/debian_version; readlink /proc/1/root")
+    with open(f"{rootfs}/etc/debian_version") as version:
+        assert (ran.returncode, ran.stdout) == (0, version.read() + "/\n"), ran.stderr
+    assert oci("kill", container_id, "KILL").returncode == 0
+    wait_status(oci, container_id, "stopped")
+    deleted = oci("delete", container_id)
+    assert deleted.returncode == 0, deleted.stderr
+    assert mounts_under(rootfs) == before
+    assert root_propagation() == propagation
+    failing = config(rootfs, ["/no/such/binary"], linux__namespaces=[{"type": kind} for kind in kinds])
+    failed = oci("create", "--bundle", bundle(tmp_path, failing, name="failing"), new_id())
+    assert failed.returncode != 0 and "no such executable" in failed.stderr, failed.stderr
+    assert mounts_under(rootfs) == before
+
+
 def test_a_failing_prestart_hook_fails_create_and_leaves_nothing(oci, rootfs, tmp_path):
     document = config(rootfs, ["sleep", "300"], hooks={"prestart": [{"path": "/bin/false"}]})
     container_id = new_id()
@@ -695,7 +740,15 @@ def test_a_failing_prestart_hook_fails_create_and_leaves_nothing(oci, rootfs, tm
         ({"process__args": []}, "process.args must be a non-empty list"),
         ({"process__capabilities__bounding": ["CAP_BOGUS"]}, "unknown capability 'CAP_BOGUS'"),
         ({"linux__namespaces": [{"type": "mount"}, {"type": "bogus"}]}, "linux.namespaces[1].type 'bogus'"),
-        ({"linux__namespaces": [{"type": "pid"}]}, "must hold a mount namespace"),
+        ({"linux__namespaces": [{"type": "mount"}]}, "hostname is set but linux.namespaces has no uts namespace"),
+        ({"linux__sysctl": {"kernel.panic": "1"}}, "linux.sysctl 'kernel.panic' is not namespaced"),
+        (
+            {
+                "linux__sysctl": {"net.ipv4.ip_forward": "1"},
+                "linux__namespaces": [{"type": kind} for kind in ("pid", "ipc", "uts", "mount")],
+            },
+            "linux.sysctl 'net.ipv4.ip_forward' needs a network namespace",
+        ),
         ({"linux__cgroupsPath": "system.slice:docker:x"}, "linux.cgroupsPath"),
         ({"hooks__prestart": [{"path": "relative/hook"}]}, "hooks.prestart[0].path must be an absolute path"),
         ({"process__args": ["/no/such/binary"]}, "process.args[0] '/no/such/binary': no such executable"),

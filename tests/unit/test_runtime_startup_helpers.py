@@ -6,6 +6,7 @@ must behave as what it replaces for everything the runtime uses it for, and remo
 import json
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -82,20 +83,25 @@ def test_remove_tree_removes_deeper_than_the_recursion_limit_and_never_follows_a
     (top / "to-host").symlink_to(victim)
     (top / "file-on-host").symlink_to(victim / "keep")
     depth = sys.getrecursionlimit() * 3
-    fd = os.open(top, os.O_RDONLY)
     try:
-        for _level in range(depth):  # deeper than PATH_MAX allows a path to name: one level at a time
-            os.mkdir("d", dir_fd=fd)
-            below = os.open("d", os.O_RDONLY, dir_fd=fd)
+        fd = os.open(top, os.O_RDONLY)
+        try:
+            for _level in range(depth):  # deeper than PATH_MAX allows a path to name: one level at a time
+                os.mkdir("d", dir_fd=fd)
+                below = os.open("d", os.O_RDONLY, dir_fd=fd)
+                os.close(fd)
+                fd = below
+            os.symlink(victim, "to-host", dir_fd=fd)
+            os.close(os.open("file", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+        finally:
             os.close(fd)
-            fd = below
-        os.symlink(victim, "to-host", dir_fd=fd)
-        os.close(os.open("file", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+        paths.remove_tree(top)
+        assert not top.exists()
+        assert sorted(os.listdir(victim)) == ["keep"] and (victim / "keep").read_text() == "the host's"
     finally:
-        os.close(fd)
-    paths.remove_tree(top)
-    assert not top.exists()
-    assert sorted(os.listdir(victim)) == ["keep"] and (victim / "keep").read_text() == "the host's"
+        # Whatever a failure left: pytest's own clean-up of old temporary directories recurses (shutil.rmtree)
+        # and would fail every later session on this tree. GNU rm walks it without recursion.
+        subprocess.run(["rm", "-rf", "--one-file-system", str(top)], check=False)
     paths.remove_tree(top)  # gone already: nothing to do, no error
     single = tmp_path / "single"
     single.write_text("x")

@@ -219,6 +219,26 @@ def _bind_cgroups(root_fd, destination, read_only, host, own):
             os.close(tmpfs_fd)
 
 
+def top_mount_id(path):
+    """The id (mountinfo's first field) of the mount on top at path in this mount namespace, or None."""
+    found = None
+    escaped = path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields = line.split(" ", 5)
+            if fields[4] == escaped:
+                found = int(fields[0])  # a later line is a mount stacked on the earlier ones
+    return found
+
+
+def _chroot(rootfs):
+    """The root of a container without a mount namespace of its own (the spec: it inherits the runtime's, as runc
+    does it): chroot, since pivot_root would move the root of every process in that namespace."""
+    os.chdir(rootfs)
+    os.chroot(".")
+    os.chdir("/")
+
+
 def _pivot(rootfs):
     """pivot_root into rootfs (a mount point by now) and detach the old root. pivot_root(".", ".") stacks the old
     root on the new one, so no directory is made in the image (whose root may not be writable, as in a user

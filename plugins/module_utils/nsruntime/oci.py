@@ -172,6 +172,7 @@ class Runtime:
             except OSError as exc:
                 raise OciError(f"{directory}: {exc.strerror}") from None
             group = None
+            root_below = _root_below(document)
             try:
                 group = _cgroup(document["linux"].get("cgroupsPath"), container_id)
                 group.create()
@@ -203,6 +204,8 @@ class Runtime:
                             undo()
                         except Exception:  # noqa: S110 - the create's own error is the one to report
                             pass
+                if root_below is not None:
+                    _detach_root_bind(document["root"]["path"], below=root_below)
                 _remove_tree(directory)
                 raise
 
@@ -275,6 +278,9 @@ class Runtime:
                 raise OciError(f"container {container_id} is {status}: delete needs a stopped one (or --force)")
             group = _cgroup(record["cgroupsPath"], container_id)
             group.kill_all()
+            if record.get("rootfs_mount"):
+                mount_id, path = record["rootfs_mount"]
+                _detach_root_bind(path, ours=mount_id)
             group.remove()
             _remove_tree(self._dir(container_id))
             _run_hooks(record, "poststop", _hook_state(record, "stopped"), fatal=False)
@@ -491,6 +497,28 @@ def _run_hooks(document, kind, state, fatal):
             if fatal:
                 raise OciError(message) from None
             os.write(2, (message + "\n").encode())
+
+
+def _root_below(document):
+    """For a container without a mount namespace of its own: the mount on top at its root before create (0: none),
+    so that a create that fails after PID 1 bound the root onto itself can detach that bind. None otherwise."""
+    if any(ns.get("type") == "mount" for ns in document["linux"].get("namespaces") or []):
+        return None
+    from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import namespaces  # noqa: PLC0415
+
+    return namespaces.top_mount_id(document["root"]["path"]) or 0
+
+
+def _detach_root_bind(path, ours=None, below=None):
+    """A container without a mount namespace mounts its root's bind (and /proc, /dev and the rest in it) in the
+    runtime's: detached with all that is in it, if the mount on top at path is that bind (ours: its id, as the
+    record keeps it; below: for a failed create, any mount but the one that was on top before, see _root_below).
+    From another mount namespace, where that mount is not, nothing is done."""
+    from ansible_collections.mooring.ops.plugins.module_utils.nsruntime import namespaces, syscalls  # noqa: PLC0415
+
+    top = namespaces.top_mount_id(path)
+    if top and (top == ours if ours is not None else top != below):
+        syscalls.umount(path, syscalls.MNT_DETACH)
 
 
 def _remove_tree(directory):

@@ -127,9 +127,25 @@ def _check_linux(document):
     _check_linux_fields(document, linux, seen)
 
 
+def _check_sysctl_namespace(key, seen):
+    """A sysctl is written in the container's namespaces: only keys of a namespace that linux.namespaces lists (the
+    runtime's own otherwise, which is the host's), as runc checks them."""
+    if key in spec.IPC_SYSCTLS or key.startswith("fs.mqueue."):
+        needed = "ipc"
+    elif key.startswith("net."):
+        needed = "network"
+    elif key in ("kernel.hostname", "kernel.domainname"):
+        needed = "uts"
+    else:
+        raise OciError(f"config.json: linux.sysctl {key!r} is not namespaced: it would change the whole host")
+    if needed not in seen:
+        raise OciError(
+            f"config.json: linux.sysctl {key!r} needs a {needed} namespace in linux.namespaces (else it changes "
+            "the runtime's, the host's)"
+        )
+
+
 def _check_linux_fields(document, linux, seen):
-    if "mount" not in seen:
-        raise OciError("config.json: linux.namespaces must hold a mount namespace (the runtime pivots into the root)")
     if document.get("hostname") and "uts" not in seen:
         raise OciError("config.json: hostname is set but linux.namespaces has no uts namespace to set it in")
     _check_id_mappings(document, seen)
@@ -138,6 +154,7 @@ def _check_linux_fields(document, linux, seen):
         for key in linux["sysctl"] or {}:
             if "/" in key or ".." in key:
                 raise OciError(f"config.json: linux.sysctl key {key!r} is not a sysctl name")
+            _check_sysctl_namespace(key, seen)
     propagation = _field(document, "linux.rootfsPropagation", str)
     if propagation and propagation not in namespaces._PROPAGATION:
         raise OciError(f"config.json: linux.rootfsPropagation {propagation!r} is not a propagation type")

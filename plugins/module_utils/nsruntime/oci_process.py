@@ -6,7 +6,9 @@ create: an intermediate process enters or makes the PID namespace and forks PID 
 reparented to the caller's subreaper, containerd's shim, or to init). PID 1 joins the cgroup before it runs
 anything, makes or joins the other namespaces, lets the runtime run the prestart and createRuntime hooks, mounts
 and pivots into the root (namespaces.py, as for every other container of this runtime), runs the createContainer
-hooks, takes its terminal when it has one, and blocks opening the state directory's exec FIFO until start.
+hooks, takes its terminal when it has one, and blocks opening the state directory's exec FIFO until start. A
+container without a mount namespace of its own (the spec: it inherits the runtime's) has its root bound onto
+itself privately in the runtime's namespace and is chrooted into it, as runc does; delete detaches that bind.
 
 exec: a forked process joins the container's cgroup and namespaces and forks the process into its PID namespace,
 which takes its terminal, identity and limits and execs; the runtime learns its pid and whether the exec happened
@@ -124,9 +126,7 @@ def spawn(document, record, directory, group, seccomp_program, stdio=None, prese
         _run_hooks(document, "prestart", _hook_state(record, "created"), fatal=True)
         _run_hooks(document, "createRuntime", _hook_state(record, "creating"), fatal=True)
         os.write(to_child_write, b"g" + struct.pack("i", init))
-        message = _read_message(from_child_read)
-        if message != b"R":
-            raise OciError(f"container {record['id']}: {_text(message)}")
+        _take_ready(_read_message(from_child_read), record, document, kinds)
         return init
     except BaseException:
         if init:
@@ -136,6 +136,15 @@ def spawn(document, record, directory, group, seccomp_program, stdio=None, prese
     finally:
         os.close(to_child_write)
         os.close(from_child_read)
+
+
+def _take_ready(message, record, document, kinds):
+    """PID 1's last word at create: ready at the FIFO ("R", with the mount id of the root's bind when the container
+    has no mount namespace of its own: delete detaches it), or its error."""
+    if message[:1] != b"R":
+        raise OciError(f"container {record['id']}: {_text(message)}")
+    if "mount" not in kinds:
+        record["rootfs_mount"] = [struct.unpack("i", message[1:5])[0], document["root"]["path"]]
 
 
 # -- start, kill, delete --------------------------------------------------------------------------------
@@ -152,6 +161,9 @@ def run_exec(record, document, group, process, console_socket, detach, stdio=Non
         kind: os.open(f"/proc/{record['pid']}/ns/{_PROC_NS[kind]}", os.O_RDONLY | os.O_CLOEXEC)
         for kind in _JOIN_ORDER if kind in kinds
     }  # fmt: skip
+    if "mount" not in kinds:
+        # The container shares the runtime's mount namespace and is chrooted in it: its root is PID 1's.
+        handles["root"] = os.open(f"/proc/{record['pid']}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     status_read, status_write = os.pipe2(os.O_CLOEXEC)
     try:
         with _console(console_socket) as console:
@@ -329,6 +341,9 @@ def _exec_middle(group, handles, process, seccomp_program, channels, detach):
         for kind in _JOIN_ORDER:
             if kind in handles:
                 syscalls.setns(handles[kind], _NAMESPACE_TYPES[kind])
+        if "root" in handles:
+            os.fchdir(handles["root"])
+            os.chroot(".")
         child = os.fork()
         if child == 0:
             try:
@@ -379,11 +394,21 @@ def _enter_root(document, record, kinds):
     create rather than start. Returns its path (None without a process)."""
     rootfs = document["root"]["path"]
     propagation = document["linux"].get("rootfsPropagation")
-    syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    own_namespace = "mount" in kinds
+    if own_namespace:
+        syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     syscalls.mount(rootfs, rootfs, None, syscalls.MS_BIND | syscalls.MS_REC)
+    if not own_namespace:
+        # In the runtime's own mount namespace: the root's bind is private, so that what is mounted in it stays
+        # out of every other namespace, and delete detaches it (by this id) with all that is mounted in it.
+        syscalls.mount(None, rootfs, None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+        record["rootfs_mount"] = [namespaces.top_mount_id(rootfs), rootfs]
     namespaces._mount_all(document, rootfs)
     _run_hooks(document, "createContainer", _hook_state(record, "created"), fatal=True)
-    namespaces._pivot(rootfs)
+    if own_namespace:
+        namespaces._pivot(rootfs)
+    else:
+        namespaces._chroot(rootfs)
     if propagation:
         syscalls.mount(None, "/", None, namespaces._PROPAGATION[propagation])
     namespaces._harden(document)
@@ -417,7 +442,8 @@ def _init(document, record, kinds, fifo_handles, channels, seccomp_program, grou
         if document.get("mooring_console") is not None:
             _take_terminal(document["mooring_console"], document["process"], console_path="/dev/console")
         process = document.get("process")
-        os.write(to_runtime, b"R")
+        # Ready; without a mount namespace, the id of the root's bind in the runtime's (for delete).
+        os.write(to_runtime, b"R" + struct.pack("i", (record.get("rootfs_mount") or [0])[0] or 0))
         os.close(to_runtime)
         # Blocks until start opens the FIFO. The descriptor stays open, close-on-exec, so that start reads EOF
         # the moment the exec happened, or this process's error when it did not.
