@@ -369,7 +369,7 @@ def test_a_user_namespace_maps_the_containers_root_to_an_unprivileged_host_user(
     guarded.mkdir(mode=0o755)
     script = (
         "id -u > /out/uid; cat /proc/self/uid_map > /out/map; (touch /guarded/x 2>/dev/null && echo wrote || "
-        "echo refused) > /out/guarded; head -c 4 /dev/zero | wc -c > /out/zero; exec sleep 300"
+        "echo refused) > /out/guarded; head -c 4 /dev/zero | wc -c > /out/zero; touch /out/done; exec sleep 300"
     )
     document = config(str(reachable / "rootfs"), ["sh", "-c", script])
     document["linux"]["namespaces"].append({"type": "user"})
@@ -384,7 +384,8 @@ def test_a_user_namespace_maps_the_containers_root_to_an_unprivileged_host_user(
     assert created.returncode == 0, created.stderr
     assert oci("start", container_id).returncode == 0
     deadline = time.monotonic() + 10
-    while not (marker / "zero").exists() and time.monotonic() < deadline:
+    # Not the files themselves: the shell makes each before the command that fills it has written.
+    while not (marker / "done").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert (marker / "uid").read_text() == "0\n"
     assert (marker / "map").read_text().split() == ["0", "100000", "65536"]
