@@ -19,7 +19,7 @@ help:
 	@echo "make ee        build mooring's execution environment (ansible-builder, offline) on this machine's engine"
 	@echo "make lab-down  remove every container, network, volume, image tag and file the lab made"
 	@echo "make lint      ansible-lint (production), yamllint, ruff"
-	@echo "make bench     converge, push and middleware benchmarks (bench/)"
+	@echo "make bench     converge, push, middleware, runtime and swarm benchmarks (bench/)"
 	@echo "make venv      the pinned toolchain in $(VENV)"
 
 venv: $(VENV)/.installed
@@ -101,8 +101,8 @@ integration-registry: venv
 	pytest --durations=15 -m "not lab" tests/integration
 
 # The lab once; the tests that act on the whole lab alone; then one service's test file per worker, two side by
-# side (their plays mostly wait: health checks, drains, replicas); then the lab down, checked. A failure still
-# takes the lab down.
+# side (their plays mostly wait: health checks, drains, replicas); then the swarm's, which stop a host's engine,
+# alone; then the lab down, checked. A failure still takes the lab down.
 LAB_KEPT = MOORING_KEEP_LAB=1 MOORING_LAB_READY=1
 integration-lab: venv
 	@[ -n "$(LAB_IS_UP)" ] || $(MAKE) --no-print-directory lab-timed
@@ -112,7 +112,9 @@ integration-lab: venv
 	echo "== integration tests on the whole lab from $$(date +%T)"; \
 	$(LAB_KEPT) pytest --durations=15 -m "lab and lab_alone" tests/integration; \
 	echo "== integration tests of one service each, two side by side, from $$(date +%T)"; \
-	$(LAB_KEPT) pytest --durations=25 -n 2 --dist loadfile -m "lab and not lab_alone" tests/integration; \
+	$(LAB_KEPT) pytest --durations=25 -n 2 --dist loadfile -m "lab and not lab_alone and not lab_last" tests/integration; \
+	echo "== integration tests that stop a lab host's engine (the swarm), alone, from $$(date +%T)"; \
+	$(LAB_KEPT) pytest --durations=10 -m "lab and lab_last" tests/integration; \
 	echo "== lab down from $$(date +%T)"; \
 	MOORING_LAB_DOWN=1 pytest -q tests/integration/test_lab_down.py
 
@@ -122,3 +124,4 @@ bench: lab
 	python bench/push.py
 	python bench/middleware.py
 	python bench/runtime.py
+	python bench/swarm.py

@@ -153,6 +153,9 @@ def oci_started(document, bundle, container_id, stdio=None):
 # with this machine's image cache, other Debian releases' hosts): make test runs them alone, before the files of
 # one service each, which run side by side (pytest-xdist, one group per file).
 LAB_ALONE = {"test_lab.py", "test_ee.py", "test_image_factory.py", "test_python_floor.py", "test_elk.py"}
+# Lab test files that stop a lab host's engine or take hosts out of the swarm: every service's containers on that
+# host stop with it, so make test runs them last, alone, after the files of one service each.
+LAB_LAST = {"test_swarm.py"}
 
 
 def pytest_configure(config):
@@ -160,6 +163,9 @@ def pytest_configure(config):
         "markers", "lab: needs the lab hosts (set on every test that uses the lab fixture); make test runs these last"
     )
     config.addinivalue_line("markers", "lab_alone: a lab test that acts on the whole lab; make test runs these alone")
+    config.addinivalue_line(
+        "markers", "lab_last: a lab test that stops a lab host's engine; make test runs these alone, at the end"
+    )
 
 
 def pytest_collection_modifyitems(items):
@@ -173,6 +179,8 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.lab)
             if item.path.name in LAB_ALONE:
                 item.add_marker(pytest.mark.lab_alone)
+            if item.path.name in LAB_LAST:
+                item.add_marker(pytest.mark.lab_last)
 
 
 _running_test = []

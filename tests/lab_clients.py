@@ -4,6 +4,7 @@ bounded (`limit` operations at most), started before a play and stopped after it
 
 import contextlib
 import itertools
+import re
 import threading
 import time
 from pathlib import Path
@@ -226,3 +227,39 @@ def longest_refusal(moments, apart=1.0):
     if start is not None:
         runs.append(last - start)
     return max(runs, default=0.0)
+
+
+HIT_COUNTER_ANSWER = re.compile(r"Hello from (\S+) \(hit-counter (\S+)\): I have been seen (\d+) times")
+
+
+def hit_counter(node, port=5000, timeout=10):
+    """One hit on the hit counter through a node's published port: (task's container, version, count)."""
+    answer = requests.get(f"http://{ADDRESSES[node]}:{port}/", timeout=timeout, headers={"Connection": "close"})
+    answer.raise_for_status()
+    match = HIT_COUNTER_ANSWER.search(answer.text)
+    if not match:
+        raise AssertionError(f"{node}:{port} answered {answer.text!r}")
+    return match[1], match[2], int(match[3])
+
+
+class HitCounterLoad(Client):
+    """Hits on the hit counter through the given nodes in turn: who answered, with which version and count, and
+    every failure (status, timeout, refusal)."""
+
+    def __init__(self, entries, limit=3000, pause=0.1, port=5000):
+        super().__init__(limit, pause)
+        self.entries, self.port = entries, port
+        self.answers, self.failed = [], []
+
+    def run(self):
+        for sent in range(self.limit):
+            if self.stopped.is_set():
+                break
+            self.sent = sent + 1
+            node = self.entries[sent % len(self.entries)]
+            try:
+                self.answers.append((node, *hit_counter(node, self.port)))
+            except (requests.RequestException, AssertionError) as error:
+                self.failed.append(f"{node}: {error}")
+                self.refused.append(time.monotonic())
+            time.sleep(self.pause)

@@ -28,6 +28,7 @@ SERVICE_GROUPS = (
 # The site plays: (play file, hosts pattern, roles) as playbooks/*.yml say.
 SITE_PLAYS = [
     ("docker_hosts.yml", "docker_hosts", ["docker_host"]),
+    ("docker_swarm.yml", "docker_hosts", ["docker_swarm"]),
     ("registry.yml", "harbor", ["harbor"]),
     ("images.yml", "image_factory", ["image_factory"]),
     ("tomcat.yml", "tomcat", ["tomcat"]),
